@@ -1,0 +1,112 @@
+"""How the gradient of a fixed point is computed: the adjoint options.
+
+By the implicit function theorem, at ``z* = f(z*, theta)`` the gradient of a loss ``L`` is
+
+    dL/dtheta = g^T  df/dtheta (z*),   where   (I - J)^T g = dL/dz*,   J = df/dz (z*),
+
+so the backward pass is one linear solve with vector-Jacobian products ``u -> J^T u`` and
+one VJP of ``f`` w.r.t. its parameters and inputs. The options here choose how to solve it:
+
+* :class:`GMRES`: matrix-free Krylov solve, one Krylov space per sample (the default);
+* :class:`FixedPointAdjoint`: iterate ``g <- J^T g + dL/dz*`` with any discrete solver
+  (plain Neumann series with ``FixedPoint``, or ``Anderson`` / ``Broyden`` on it);
+* :class:`JFB`: Jacobian-free backprop, ``g = dL/dz*`` (the zeroth Neumann term; cheap,
+  approximate, with the *correct* sign, unlike the reference's unused ``:jfb`` branch);
+* :class:`Unrolled`: no implicit gradient at all: autograd through every solver iteration
+  (for pretraining and as a check of the others; memory grows with the iterations).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Tuple
+
+import torch
+
+from .. import _checks
+from ..solvers.anderson import Anderson
+from ..solvers.discrete import DiscreteSolver, iterate
+from ..solvers.solution import AdjointStats, Status
+from ..solvers.termination import Termination
+from .gmres import batched_gmres
+
+VJP = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class GMRES:
+    """Solve ``(I - J^T) g = v`` with restarted GMRES, started from ``g = v``.
+
+    A sample stops when ``||v - (I - J^T) g|| <= max(atol, rtol * ||v||)``; ``max_iter``
+    bounds the VJPs on the batch, restarts included.
+    """
+
+    rtol: float = 1e-5
+    atol: float = 1e-10
+    max_iter: int = 40
+    restart: int = 20
+    check_every: int | None = None
+
+    name = "gmres"
+
+    def __post_init__(self):
+        _checks.positive("rtol", self.rtol, allow_zero=True)
+        _checks.positive("atol", self.atol, allow_zero=True)
+        if self.rtol == 0 and self.atol == 0:
+            raise ValueError("rtol and atol cannot both be 0")
+        _checks.positive_int("max_iter", self.max_iter)
+        _checks.positive_int("restart", self.restart)
+        if self.check_every is not None:
+            _checks.positive_int("check_every", self.check_every)
+
+    def solve(self, vjp: VJP, v: torch.Tensor) -> Tuple[torch.Tensor, AdjointStats]:
+        check_every = self.check_every or (1 if v.device.type == "cpu" else 4)
+        g, residual, iterations, converged, products = batched_gmres(
+            lambda u: u - vjp(u), v, v, rtol=self.rtol, atol=self.atol,
+            max_iter=self.max_iter, restart=self.restart, check_every=check_every)
+        return g, AdjointStats(self.name, iterations, residual, converged, products)
+
+
+@dataclass(frozen=True)
+class FixedPointAdjoint:
+    """Solve ``g = J^T g + v`` with a discrete fixed-point solver, started from ``g = v``.
+
+    The solver's termination rule applies to ``||J^T g + v - g||`` per sample.
+    """
+
+    solver: DiscreteSolver = field(default_factory=lambda: Anderson(
+        m=5, max_iter=40, termination=Termination(mode="abs", abstol=1e-8)))
+
+    name = "fixed_point"
+
+    def __post_init__(self):
+        if not isinstance(self.solver, DiscreteSolver):
+            raise TypeError(f"solver must be a discrete solver (Anderson, Broyden, FixedPoint), "
+                            f"got {type(self.solver).__name__}")
+
+    def solve(self, vjp: VJP, v: torch.Tensor) -> Tuple[torch.Tensor, AdjointStats]:
+        solution = iterate(self.solver, lambda g: vjp(g) + v, v)
+        stats = AdjointStats(self.name, solution.iterations, solution.residual,
+                             solution.status == Status.CONVERGED, solution.nfe)
+        return solution.z, stats
+
+
+@dataclass(frozen=True)
+class JFB:
+    """Jacobian-free backprop: ``g = dL/dz*`` (Fung et al. 2022). No VJPs in the solve."""
+
+    name = "jfb"
+
+    def solve(self, vjp: VJP, v: torch.Tensor) -> Tuple[torch.Tensor, AdjointStats]:
+        zeros = torch.zeros(v.shape[0], device=v.device)
+        return v, AdjointStats(self.name, zeros.long(), zeros.to(v.dtype), zeros.bool(), 0)
+
+
+@dataclass(frozen=True)
+class Unrolled:
+    """Backpropagate through the solver's iterations (no implicit gradient)."""
+
+    name = "unrolled"
+
+
+Adjoint = (GMRES, FixedPointAdjoint, JFB, Unrolled)

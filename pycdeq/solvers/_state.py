@@ -1,0 +1,166 @@
+"""Per-sample bookkeeping shared by every solver: state packing and the sample tracker.
+
+Solvers work on a flat ``(batch, dim)`` view of the state so that their linear algebra is
+one batched op whatever the user's state looks like (an image ``(B, C, H, W)`` or a tuple
+of per-scale tensors). :class:`StatePacker` converts between the two and checks what ``fn``
+returns. :class:`SampleTracker` applies the termination rule per sample, records why and
+when each sample stopped and remembers each sample's best iterate.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Tuple
+
+import torch
+
+from .solution import State, Status
+from .termination import Termination
+
+
+def _describe(state) -> str:
+    if isinstance(state, torch.Tensor):
+        return f"tensor of shape {tuple(state.shape)} and dtype {state.dtype}"
+    if isinstance(state, (tuple, list)):
+        return "tuple of (" + ", ".join(_describe(s) for s in state) + ")"
+    return type(state).__name__
+
+
+class StatePacker:
+    """Flattens a state (tensor or tuple of tensors, batch first) to ``(batch, dim)``."""
+
+    def __init__(self, z0: State, name: str = "z0"):
+        self.is_tuple = isinstance(z0, (tuple, list))
+        parts = tuple(z0) if self.is_tuple else (z0,)
+        if not parts or not all(isinstance(p, torch.Tensor) for p in parts):
+            raise TypeError(f"{name} must be a tensor or a tuple of tensors, got {_describe(z0)}")
+        first = parts[0]
+        for i, p in enumerate(parts):
+            label = f"{name}[{i}]" if self.is_tuple else name
+            if not p.is_floating_point():
+                raise TypeError(f"{label} must be a floating-point tensor, got {p.dtype}")
+            if p.dim() < 1 or p.shape[0] < 1:
+                raise ValueError(f"{label} must have a non-empty batch dimension first, got shape {tuple(p.shape)}")
+            if p.shape[0] != first.shape[0] or p.dtype != first.dtype or p.device != first.device:
+                raise ValueError(f"all parts of {name} must share batch size, dtype and device; got {_describe(z0)}")
+        self.name = name
+        self.batch = first.shape[0]
+        self.dtype = first.dtype
+        self.device = first.device
+        self.shapes = tuple(tuple(p.shape[1:]) for p in parts)
+        self.sizes = tuple(int(torch.Size(s).numel()) for s in self.shapes)
+        self.dim = sum(self.sizes)
+
+    def pack(self, z: State) -> torch.Tensor:
+        if not self.is_tuple:
+            return z.reshape(self.batch, self.dim)
+        return torch.cat([p.reshape(self.batch, -1) for p in z], dim=1)
+
+    def unpack(self, flat: torch.Tensor) -> State:
+        if not self.is_tuple:
+            return flat.view(self.batch, *self.shapes[0])
+        parts = torch.split(flat, self.sizes, dim=1)
+        return tuple(p.reshape(self.batch, *s) for p, s in zip(parts, self.shapes))
+
+    def check_output(self, out: State, fn_name: str = "fn") -> None:
+        """Raise naming both structures if ``out`` is not shaped like the state."""
+        parts = tuple(out) if isinstance(out, (tuple, list)) else (out,)
+        ok = (isinstance(out, (tuple, list)) == self.is_tuple and len(parts) == len(self.shapes)
+              and all(isinstance(p, torch.Tensor) for p in parts))
+        if ok:
+            ok = all(tuple(p.shape) == (self.batch, *s) and p.dtype == self.dtype
+                     for p, s in zip(parts, self.shapes))
+        if not ok:
+            expected = [(self.batch, *s) for s in self.shapes]
+            want = f"shape(s) {expected if self.is_tuple else expected[0]} and dtype {self.dtype}"
+            raise ValueError(f"{fn_name} returned a {_describe(out)}, but the state {self.name} "
+                             f"needs {want}")
+
+    def flat_fn(self, fn: Callable[[State], State]) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``fn`` acting on flat states, checking every output's structure (cheap: no sync)."""
+
+        def flat(z: torch.Tensor) -> torch.Tensor:
+            out = fn(self.unpack(z))
+            self.check_output(out)
+            return self.pack(out)
+
+        return flat
+
+
+class SampleTracker:
+    """Applies a :class:`Termination` per sample and records status, iterations, best iterate.
+
+    Call :meth:`observe` once per iteration with the current iterate ``z`` and ``fz = fn(z)``;
+    samples that stop are marked and must be frozen by the caller
+    (``torch.where(tracker.active[:, None], new, old)``).
+    """
+
+    def __init__(self, termination: Termination, z0: torch.Tensor):
+        batch = z0.shape[0]
+        self.termination = termination
+        self.status = torch.full((batch,), Status.RUNNING, dtype=torch.int8, device=z0.device)
+        self.iterations = torch.zeros(batch, dtype=torch.long, device=z0.device)
+        self.residual = torch.full((batch,), float("inf"), dtype=z0.dtype, device=z0.device)
+        self.best_residual = self.residual.clone()
+        self.best_z = z0.clone()
+        self.initial_residual: torch.Tensor | None = None
+
+    @property
+    def active(self) -> torch.Tensor:
+        return self.status == Status.RUNNING
+
+    def observe(self, iteration: int, z: torch.Tensor, fz: torch.Tensor) -> None:
+        term = self.termination
+        active = self.active
+        residual = term.sample_norm(fz - z)
+        finite = torch.isfinite(residual)
+        if self.initial_residual is None:
+            self.initial_residual = residual
+        converged = finite & term.converged(residual, term.sample_norm(fz))
+        # Status priority: a NaN is reported as such even if a test happened to pass.
+        new_status = torch.full_like(self.status, Status.RUNNING)
+        if term.safe:
+            diverged = finite & (residual > term.divergence_factor * self.initial_residual)
+            new_status = torch.where(diverged, torch.full_like(new_status, Status.DIVERGED), new_status)
+        new_status = torch.where(converged, torch.full_like(new_status, Status.CONVERGED), new_status)
+        new_status = torch.where(~finite, torch.full_like(new_status, Status.NON_FINITE), new_status)
+
+        self.status = torch.where(active, new_status, self.status)
+        self.iterations = torch.where(active, torch.full_like(self.iterations, iteration), self.iterations)
+        self.residual = torch.where(active, residual, self.residual)
+        # Best iterate: only finite residuals count, only running samples move.
+        better = active & finite & (residual < self.best_residual)
+        self.best_residual = torch.where(better, residual, self.best_residual)
+        self.best_z = torch.where(better[:, None], z, self.best_z)
+
+    def finish(self, z: torch.Tensor, budget: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Close the books: returns ``(z, residual, status)``.
+
+        Samples still running ran out of budget (``MAX_ITERS``, never silently converged).
+        Samples that hit NaN/Inf return their best finite iterate; with ``best=True`` every
+        sample returns its best iterate.
+        """
+        running = self.active
+        self.status = torch.where(running, torch.full_like(self.status, Status.MAX_ITERS), self.status)
+        self.iterations = torch.where(running, torch.full_like(self.iterations, budget), self.iterations)
+        use_best = self.status == Status.NON_FINITE
+        if self.termination.best:
+            use_best = use_best | (self.best_residual < self.residual)
+        z = torch.where(use_best[:, None], self.best_z, z)
+        residual = torch.where(use_best, self.best_residual, self.residual)
+        return z, residual, self.status
+
+
+def write_slot(buffer: torch.Tensor, slot: int, value: torch.Tensor, columns: int | None = None) -> torch.Tensor:
+    """``buffer[:, slot, :columns] = value``, in place unless autograd needs the old buffer.
+
+    Solvers keep histories in preallocated ring buffers and overwrite one slot per step. When
+    they run under autograd (the ``Unrolled`` adjoint) an in-place write would corrupt values
+    saved for backward, so the buffer is copied first; without autograd nothing is copied.
+    """
+    if torch.is_grad_enabled() and (buffer.requires_grad or value.requires_grad):
+        buffer = buffer.clone()
+    if columns is None:
+        buffer[:, slot] = value
+    else:
+        buffer[:, slot, :columns] = value
+    return buffer

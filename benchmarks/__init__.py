@@ -1,0 +1,1 @@
+"""pycdeq's benchmark suite: ``python -m benchmarks`` (see benchmarks/README.md)."""

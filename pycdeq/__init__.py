@@ -1,23 +1,42 @@
 """pycdeq: Continuous Deep Equilibrium Models and Skip DEQs in PyTorch.
 
-Public API (everything else is internal):
+The public API (everything else is internal; see docs/api.md for a tour):
 
-* ``solve(fn, z0, solver, adjoint=...)``: batched fixed point ``z* = fn(z*)`` with
-  per-sample termination and implicit gradients (:mod:`pycdeq.equilibrium`).
-* Discrete solvers: ``Anderson``, ``Broyden``, ``FixedPoint``; the ``Termination`` rule;
-  the ``Solution`` record and per-sample ``Status`` codes (:mod:`pycdeq.solvers`).
-* Adjoints: ``GMRES`` (default), ``FixedPointAdjoint``, ``JFB``, ``Unrolled``
-  (:mod:`pycdeq.adjoints`).
+Solving
+    ``solve(fn, z0, solver, adjoint=...)``: batched fixed point ``z* = fn(z*)`` with per-sample
+    termination and implicit gradients. Discrete solvers ``Anderson``, ``Broyden``,
+    ``FixedPoint``; ODE methods ``Tsit5``, ``Dopri5``, ``BS3``, ``Euler``, ``RK4`` (a continuous
+    DEQ integrates ``dz/dt = fn(z) - z`` to steady state). ``integrate(rhs, z0, t1, method)``:
+    finite-time integration (the Neural ODE baseline). ``Termination``, ``Solution``,
+    ``Status``, ``Trajectory``.
+Gradients
+    ``GMRES`` (default), ``FixedPointAdjoint``, ``JFB``, ``Unrolled``.
+Layers
+    ``DEQ`` (``init`` selects plain / Skip / Skip Reg.), ``SkipDEQ``, ``SkipRegDEQ``,
+    ``NeuralODE``, ``MultiScaleDEQ``, ``MultiScaleSkipDEQ``, ``MultiScaleSkipRegDEQ``,
+    ``MultiScaleNeuralODE``, ``JacobianRegularization``.
+Subpackages
+    ``pycdeq.models`` (the paper's architectures), ``pycdeq.data`` (data sets),
+    ``pycdeq.training`` (``Trainer``, ``TrainConfig``, ``DEQClassifier``), ``pycdeq.julia``
+    (the Julia backend; imported only on demand, never by ``import pycdeq``).
 """
 
 from .adjoints import FixedPointAdjoint, GMRES, JFB, Unrolled
 from .equilibrium import solve
-from .solvers import AdjointStats, Anderson, Broyden, FixedPoint, Solution, Status, Termination
+from .layers import (DEQ, JacobianRegularization, MultiScaleDEQ, MultiScaleNeuralODE, MultiScaleSkipDEQ,
+                     MultiScaleSkipRegDEQ, NeuralODE, NonConvergenceError, NonConvergenceWarning, SkipDEQ,
+                     SkipRegDEQ)
+from .solvers import (BS3, RK4, AdjointStats, Anderson, Broyden, Dopri5, Euler, FixedPoint, Solution, Status,
+                      Termination, Trajectory, Tsit5, integrate)
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "solve",
-    "Anderson", "Broyden", "FixedPoint", "Termination", "Solution", "Status", "AdjointStats",
+    "solve", "integrate",
+    "Anderson", "Broyden", "FixedPoint", "Tsit5", "Dopri5", "BS3", "Euler", "RK4",
+    "Termination", "Solution", "Status", "AdjointStats", "Trajectory",
     "GMRES", "FixedPointAdjoint", "JFB", "Unrolled",
+    "DEQ", "SkipDEQ", "SkipRegDEQ", "NeuralODE", "MultiScaleDEQ", "MultiScaleSkipDEQ",
+    "MultiScaleSkipRegDEQ", "MultiScaleNeuralODE", "JacobianRegularization",
+    "NonConvergenceWarning", "NonConvergenceError",
 ]

@@ -1,7 +1,11 @@
 """DEQ layers: plain / Skip / Skip Reg. (one ``DEQ`` class), Neural ODE, multiscale."""
 
 from .deq import DEQ, NonConvergenceError, NonConvergenceWarning, SkipDEQ, SkipRegDEQ
+from .multiscale import (MultiScaleDEQ, MultiScaleFunction, MultiScaleNeuralODE, MultiScalePredictor,
+                         MultiScaleSkipDEQ, MultiScaleSkipRegDEQ)
+from .neural_ode import NeuralODE
 from .regularizers import JacobianRegularization
 
-__all__ = ["DEQ", "SkipDEQ", "SkipRegDEQ", "JacobianRegularization", "NonConvergenceWarning",
-           "NonConvergenceError"]
+__all__ = ["DEQ", "SkipDEQ", "SkipRegDEQ", "NeuralODE", "JacobianRegularization", "MultiScaleDEQ",
+           "MultiScaleSkipDEQ", "MultiScaleSkipRegDEQ", "MultiScaleNeuralODE", "MultiScaleFunction",
+           "MultiScalePredictor", "NonConvergenceWarning", "NonConvergenceError"]

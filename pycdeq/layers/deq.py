@@ -19,6 +19,8 @@ input ``x`` (so the stem is trained with its exact gradient, unlike the paper-er
 
 from __future__ import annotations
 
+import os
+import sys
 import warnings
 from typing import Callable, Optional, Sequence, Union
 
@@ -60,6 +62,18 @@ def _check_input(x) -> None:
     if not x.is_floating_point():
         raise TypeError(f"the layer input x must be floating point, got {x.dtype}")
     _checks.finite_tensor("the layer input x", x)
+
+
+def _caller_stacklevel() -> int:
+    """Stack level of the first frame outside pycdeq and torch, so that a warning points at
+    the user's line rather than at ``nn.Module.__call__``."""
+    import pycdeq
+
+    internal = (os.path.dirname(pycdeq.__file__), os.path.dirname(torch.__file__))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(internal):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 class DEQ(nn.Module):
@@ -194,7 +208,7 @@ class DEQ(nn.Module):
                    f"({solution.status_counts()}); max residual {float(solution.residual.max()):.3g}")
         if self.on_nonconvergence == "raise":
             raise NonConvergenceError(message)
-        warnings.warn(message, NonConvergenceWarning, stacklevel=3)
+        warnings.warn(message, NonConvergenceWarning, stacklevel=_caller_stacklevel())
 
     def extra_repr(self) -> str:
         return f"variant={self.variant}, solver={self.solver}, adjoint={self.adjoint}"

@@ -1,0 +1,90 @@
+"""The fully connected MNIST model of the paper (architectures.md §6.1).
+
+::
+
+    x   = ReLU(Linear(in_features -> 128)(flatten(images)))      # stem, with bias
+    z*  = DEQ / Skip DEQ / Skip Reg. DEQ / Neural ODE of f on 128 features
+    f(z, x) = ReLU(Wz z) + ReLU(Wx x)                             # no biases
+    logits = Linear(128 -> num_classes)(z*)
+    Skip:  z0 = g(x) = ReLU(Linear(128 -> 128)(x))                # with bias
+
+Parameters for 784 inputs: 134,538 (vanilla / skip_reg / node), 151,050 (skip). The paper's
+"138K" for the vanilla model is not reproducible (§6.3). All linear layers use
+Glorot-uniform weights and zero biases (Flux's defaults, which the reference ran with).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .config import ModelConfig, make_config
+from .variants import equilibrium_layer
+
+
+def _glorot_linear(in_features: int, out_features: int, bias: bool = True) -> nn.Linear:
+    layer = nn.Linear(in_features, out_features, bias=bias)
+    nn.init.xavier_uniform_(layer.weight)
+    if bias:
+        nn.init.zeros_(layer.bias)
+    return layer
+
+
+class DenseInjection(nn.Module):
+    """``f(z, x) = ReLU(Wz z) + ReLU(Wx x)``: the injection enters as the second summand."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.Wz = _glorot_linear(width, width, bias=False)
+        self.Wx = _glorot_linear(width, width, bias=False)
+
+    def forward(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.Wz(z)) + torch.relu(self.Wx(x))
+
+
+class MNISTDense(nn.Module):
+    """Stem ``Linear + ReLU`` -> equilibrium layer on ``width`` features -> ``Linear`` classifier.
+
+    ``forward(images) -> (logits, solution)``: images ``(N, C, H, W)`` or ``(N, features)``
+    are flattened and must have ``in_features`` values per sample. ``solution`` is the
+    layer's record (``.skip_loss``, ``.jacobian_loss``, ``.nfe``, per-sample ``.status``).
+    Extra keyword ``options`` are the layer options of :class:`ModelConfig` (``output``,
+    ``input_gradient``, ``on_nonconvergence``, ``jacobian_reg``, ``t1``, ``rhs``).
+    """
+
+    def __init__(self, in_features: int = 784, width: int = 128, num_classes: int = 10,
+                 variant: str = "vanilla", continuous: bool = True, solver=None, adjoint=None, **options):
+        super().__init__()
+        config = make_config("mnist-dense", variant=variant, continuous=continuous, num_classes=num_classes,
+                             input_shape=(in_features,), solver=solver, adjoint=adjoint, width=width, **options)
+        self._assemble(config)
+
+    @classmethod
+    def from_config(cls, config: ModelConfig) -> "MNISTDense":
+        if not isinstance(config, ModelConfig) or config.architecture != "mnist-dense":
+            raise ValueError(f"MNISTDense needs a ModelConfig of architecture 'mnist-dense', got {config!r}")
+        model = cls.__new__(cls)
+        nn.Module.__init__(model)
+        model._assemble(config)
+        return model
+
+    def _assemble(self, config: ModelConfig) -> None:
+        self.config = config
+        width = config.sizes.width
+        self.stem = nn.Sequential(_glorot_linear(config.in_features, width), nn.ReLU())
+        f = DenseInjection(width)
+        g = nn.Sequential(_glorot_linear(width, width), nn.ReLU()) if config.variant == "skip" else None
+        self.deq = equilibrium_layer(config, f, g)
+        self.head = _glorot_linear(width, config.num_classes)
+
+    def forward(self, images: torch.Tensor):
+        if not isinstance(images, torch.Tensor) or images.dim() < 2:
+            raise ValueError("images must be a batched tensor (N, features) or (N, C, H, W), got "
+                             f"{type(images).__name__ if not isinstance(images, torch.Tensor) else tuple(images.shape)}")
+        flat = images.reshape(images.shape[0], -1)
+        if flat.shape[1] != self.config.in_features:
+            raise ValueError(f"images of shape {tuple(images.shape)} have {flat.shape[1]} features per "
+                             f"sample; this model expects {self.config.in_features}")
+        z_star, solution = self.deq(self.stem(flat))
+        return self.head(z_star), solution
+

@@ -61,10 +61,18 @@ class GMRES:
 
     def solve(self, vjp: VJP, v: torch.Tensor) -> Tuple[torch.Tensor, AdjointStats]:
         check_every = self.check_every or (1 if v.device.type == "cpu" else 4)
+        # Under mixed precision the cotangent can be float16/bfloat16: Givens rotations and
+        # the triangular solve need float32 (and have no half kernels), so the Krylov
+        # arithmetic runs in float32 while the VJPs see the model's own dtype.
+        work = torch.float32 if v.dtype in (torch.float16, torch.bfloat16) else v.dtype
+
+        def operator(u: torch.Tensor) -> torch.Tensor:
+            return u - vjp(u.to(v.dtype)).to(work)
+
         g, residual, iterations, converged, products = batched_gmres(
-            lambda u: u - vjp(u), v, v, rtol=self.rtol, atol=self.atol,
+            operator, v.to(work), v.to(work), rtol=self.rtol, atol=self.atol,
             max_iter=self.max_iter, restart=self.restart, check_every=check_every)
-        return g, AdjointStats(self.name, iterations, residual, converged, products)
+        return g.to(v.dtype), AdjointStats(self.name, iterations, residual, converged, products)
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from .. import _checks
+from ..adjoints.methods import Adjoint
 from ..equilibrium import solve
 from ..solvers._state import StatePacker
 from ..solvers.solution import Solution, State, Status
@@ -108,6 +109,9 @@ class DEQ(nn.Module):
             raise TypeError(f"f must be a callable nn.Module f(z, x), got {type(f).__name__}")
         if not callable(getattr(solver, "solve_flat", None)):
             raise TypeError(f"solver must be a pycdeq solver (e.g. Anderson(), Tsit5()), got {type(solver).__name__}")
+        if adjoint is not None and not isinstance(adjoint, Adjoint):
+            raise TypeError("adjoint must be one of GMRES, FixedPointAdjoint, JFB, Unrolled or None; "
+                            f"got {type(adjoint).__name__}")
         if isinstance(init, str):
             _checks.one_of("init", init, ("zeros", "skip_reg"))
         elif not isinstance(init, nn.Module):

@@ -102,7 +102,9 @@ class Trainer:
         x, y = _tensors(train, "train")
         batches_per_epoch = math.ceil(x.shape[0] / c.batch_size)
         total_steps = c.steps or c.epochs * batches_per_epoch
-        if resume and self.checkpoint_path is not None and self.checkpoint_path.exists():
+        if resume and self.checkpoint_path is None:
+            raise ValueError("resume=True needs the Trainer's checkpoint_path")
+        if resume and self.checkpoint_path.exists():
             self.load(self.checkpoint_path)
         else:
             torch.manual_seed(c.seed)
@@ -128,6 +130,9 @@ class Trainer:
             raise
         finally:
             bar.close()
+            # Also after Ctrl-C or an error mid-epoch: a layer left unrolled would stop solving.
+            for layer in self._deq_layers:
+                layer.fixed_depth = 0
         return self.result
 
     def _train_epoch(self, x, y, total_steps, bar) -> EpochMetrics:
@@ -253,9 +258,10 @@ class Trainer:
         self.train_time = state["train_time"]
         self.result.history = list(state["history"])
         rng = state["rng"]
-        torch.set_rng_state(rng["torch"])
-        self.generator.set_state(rng["generator"])
+        # RNG states must be CPU ByteTensors; map_location moved them to the model's device.
+        torch.set_rng_state(rng["torch"].cpu())
+        self.generator.set_state(rng["generator"].cpu())
         if rng["cuda"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
+            torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
         np.random.set_state(rng["numpy"])
         random.setstate(rng["python"])

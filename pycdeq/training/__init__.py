@@ -2,9 +2,18 @@
 
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import TrainConfig
-from .estimator import DEQClassifier
 from .metrics import EpochMetrics, EvalMetrics, RunResult
 from .trainer import Trainer
 
 __all__ = ["Trainer", "TrainConfig", "EpochMetrics", "EvalMetrics", "RunResult", "save_checkpoint",
            "load_checkpoint", "CheckpointError", "DEQClassifier"]
+
+
+def __getattr__(name):
+    # The estimator pulls in scikit-learn (about a second of start-up): load it on first use,
+    # so that `pycdeq --help` and the training loop do not pay for it.
+    if name == "DEQClassifier":
+        from .estimator import DEQClassifier
+
+        return DEQClassifier
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -86,6 +86,10 @@ class StatePacker:
         return flat
 
 
+_RUNNING = int(Status.RUNNING)  # a plain int: comparing with an IntEnum is slower to dispatch
+_INF = float("inf")
+
+
 class SampleTracker:
     """Applies a :class:`Termination` per sample and records status, iterations, best iterate.
 
@@ -103,34 +107,45 @@ class SampleTracker:
         self.best_residual = self.residual.clone()
         self.best_z = z0.clone()
         self.initial_residual: torch.Tensor | None = None
+        # 0-d status codes: torch.where with them is one op, no full_like per code and step.
+        # (Filled on the device: no host-to-device copy.)
+        self._codes = {s: torch.full((), int(s), dtype=torch.int8, device=z0.device) for s in Status}
 
     @property
     def active(self) -> torch.Tensor:
-        return self.status == Status.RUNNING
+        return self.status == _RUNNING
 
     def observe(self, iteration: int, z: torch.Tensor, fz: torch.Tensor) -> None:
         term = self.termination
+        codes = self._codes
         active = self.active
         residual = term.sample_norm(fz - z)
-        finite = torch.isfinite(residual)
+        finite = residual < _INF  # a norm is >= 0: one op where isfinite takes three
         if self.initial_residual is None:
             self.initial_residual = residual
-        converged = finite & term.converged(residual, term.sample_norm(fz))
+        # The absolute test does not read ||fn(z)||: skip that norm (a pass over the state).
+        fz_norm = residual if term.mode == "abs" else term.sample_norm(fz)
+        converged = term.converged(residual, fz_norm)
         # Status priority: a NaN is reported as such even if a test happened to pass.
-        new_status = torch.full_like(self.status, Status.RUNNING)
+        new_status = codes[Status.RUNNING]
         if term.safe:
-            diverged = finite & (residual > term.divergence_factor * self.initial_residual)
-            new_status = torch.where(diverged, torch.full_like(new_status, Status.DIVERGED), new_status)
-        new_status = torch.where(converged, torch.full_like(new_status, Status.CONVERGED), new_status)
-        new_status = torch.where(~finite, torch.full_like(new_status, Status.NON_FINITE), new_status)
+            diverged = residual > term.divergence_factor * self.initial_residual
+            new_status = torch.where(diverged, codes[Status.DIVERGED], new_status)
+        new_status = torch.where(converged, codes[Status.CONVERGED], new_status)
+        new_status = torch.where(finite, new_status, codes[Status.NON_FINITE])
 
         self.status = torch.where(active, new_status, self.status)
-        self.iterations = torch.where(active, torch.full_like(self.iterations, iteration), self.iterations)
+        self.iterations = torch.where(active, iteration, self.iterations)
         self.residual = torch.where(active, residual, self.residual)
-        # Best iterate: only finite residuals count, only running samples move.
-        better = active & finite & (residual < self.best_residual)
+        # Best iterate: only finite residuals count (NaN < x is False), only running samples move.
+        better = active & (residual < self.best_residual)
         self.best_residual = torch.where(better, residual, self.best_residual)
-        self.best_z = torch.where(better[:, None], z, self.best_z)
+        if torch.is_grad_enabled() and (z.requires_grad or self.best_z.requires_grad):
+            self.best_z = torch.where(better[:, None], z, self.best_z)
+        else:
+            # In place (best_z is the tracker's own copy): a fresh (batch, dim) result would
+            # be allocated and page-faulted in every iteration, several times the copy itself.
+            torch.where(better[:, None], z, self.best_z, out=self.best_z)
 
     def finish(self, z: torch.Tensor, budget: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Close the books: returns ``(z, residual, status)``.
@@ -164,3 +179,24 @@ def write_slot(buffer: torch.Tensor, slot: int, value: torch.Tensor, columns: in
     else:
         buffer[:, slot, :columns] = value
     return buffer
+
+
+# Products of one vector per sample with a stored history (Anderson, Broyden, GMRES). On CPU,
+# torch.bmm hands products with fewer than 400 multiply-adds per sample to a per-sample loop
+# that is several times slower than the elementwise form; larger ones go to batched BLAS,
+# which beats the elementwise form by far. (On CUDA bmm is always the fast choice.)
+SMALL_PRODUCT = 400
+
+
+def history_dot(history: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
+    """``(B, n, d) . (B, d) -> (B, n)``: the vector against every stored one."""
+    if history.device.type == "cpu" and history.shape[1] * history.shape[2] < SMALL_PRODUCT:
+        return (history * vector[:, None, :]).sum(dim=2)
+    return torch.bmm(vector[:, None, :], history.transpose(1, 2))[:, 0]
+
+
+def history_combine(weights: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+    """``(B, n) x (B, n, d) -> (B, d)``: ``sum_i weights_i history_i`` per sample."""
+    if history.device.type == "cpu" and history.shape[1] * history.shape[2] < SMALL_PRODUCT:
+        return (weights[:, :, None] * history).sum(dim=1)
+    return torch.bmm(weights[:, None, :], history)[:, 0]

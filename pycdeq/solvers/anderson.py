@@ -10,8 +10,8 @@ and moves to ``z = sum_i alpha_i (x_i + beta r_i)``. ``s`` is the mean of the Gr
 the regularisation is relative, so it means the same for residuals of size 1 and 1e-6 (an
 absolute ``lam`` swamps the Gram matrix as a solve converges and stalls it in float32).
 
-Cost per step beyond the ``fn`` call: the Gram matrix ``R R^T`` is kept up to date
-incrementally (one new row, ``O(m d)``), and the small systems are solved together on the
+Cost per step beyond the ``fn`` call: two passes over the history (the new Gram row
+``R r_new``, ``O(m d)``, keeps ``R R^T`` up to date incrementally; the mixing product), and the small systems are solved together on the
 device with ``torch.linalg.solve_ex``, which neither raises nor syncs on a singular matrix,
 so a sample that went NaN cannot stop the others.
 """
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import _checks
-from ._state import write_slot
+from ._state import history_combine, history_dot, write_slot
 from .discrete import DiscreteSolver
 
 
@@ -43,10 +43,23 @@ class Anderson(DiscreteSolver):
 
     def init(self, z0, fz0):
         batch, dim = z0.shape
+        m = self.m
+        # The bordered matrix [[0, 1^T], [1, 0]] and the right-hand side e_0, built once;
+        # each step copies the leading (n+1) block and adds the regularised Gram matrix.
+        border = z0.new_zeros(batch, m + 1, m + 1)
+        border[:, 0, 1:] = 1
+        border[:, 1:, 0] = 1
+        e0 = z0.new_zeros(batch, m + 1)
+        e0[:, 0] = 1
         state = {
-            "x": z0.new_zeros(batch, self.m, dim),  # past iterates, a ring buffer
-            "r": z0.new_zeros(batch, self.m, dim),  # their residuals fn(x) - x
-            "gram": z0.new_zeros(batch, self.m, self.m),  # r r^T, kept incrementally
+            # Ring buffers of past values fn(x_i) and residuals r_i = fn(x_i) - x_i. Storing
+            # fn(x_i) rather than x_i makes the beta = 1 step a single product, sum alpha_i fn(x_i);
+            # x_i + beta r_i = fn(x_i) - (1 - beta) r_i. Only slots already written are read.
+            "f": z0.new_empty(batch, m, dim),
+            "r": z0.new_empty(batch, m, dim),
+            "gram": z0.new_zeros(batch, m, m),  # r r^T, kept incrementally
+            "border": border,
+            "e0": e0,
             "count": 0,
         }
         self.update(state, z0, fz0, None)
@@ -55,10 +68,15 @@ class Anderson(DiscreteSolver):
     def update(self, state, z, fz, active) -> None:
         slot = state["count"] % self.m
         n = min(state["count"] + 1, self.m)
-        residual = fz - z
-        state["x"] = write_slot(state["x"], slot, z)
-        state["r"] = write_slot(state["r"], slot, residual)
-        row = torch.einsum("bnd,bd->bn", state["r"][:, :n], residual)
+        state["f"] = write_slot(state["f"], slot, fz)
+        if torch.is_grad_enabled() and (z.requires_grad or fz.requires_grad or state["r"].requires_grad):
+            residual = fz - z
+            state["r"] = write_slot(state["r"], slot, residual)
+        else:  # straight into the ring buffer: no temporary, no copy
+            residual = torch.sub(fz, z, out=state["r"][:, slot])
+        # One pass over the history. (An einsum "bnd,bd->bn" lowers to a per-sample loop of
+        # matrix-vector products on CPU, several times slower; see history_dot.)
+        row = history_dot(state["r"][:, :n], residual)
         gram = write_slot(state["gram"], slot, row, columns=n)
         gram[:, :n, slot] = row
         state["gram"] = gram
@@ -67,16 +85,12 @@ class Anderson(DiscreteSolver):
     def propose(self, state) -> torch.Tensor:
         n = min(state["count"], self.m)
         gram = state["gram"][:, :n, :n]
-        batch = gram.shape[0]
         scale = gram.diagonal(dim1=1, dim2=2).mean(dim=1) + torch.finfo(gram.dtype).tiny
-        eye = torch.eye(n, dtype=gram.dtype, device=gram.device)
-        bordered = gram.new_zeros(batch, n + 1, n + 1)
-        bordered[:, 0, 1:] = 1
-        bordered[:, 1:, 0] = 1
-        bordered[:, 1:, 1:] = gram + (self.lam * scale)[:, None, None] * eye
-        rhs = gram.new_zeros(batch, n + 1)
-        rhs[:, 0] = 1
-        alpha = torch.linalg.solve_ex(bordered, rhs)[0][:, 1:]
-        x, r = state["x"][:, :n], state["r"][:, :n]
-        mixed = x + self.beta * r if self.beta != 1.0 else x + r
-        return torch.einsum("bn,bnd->bd", alpha, mixed)
+        bordered = state["border"][:, : n + 1, : n + 1].clone()
+        bordered[:, 1:, 1:] += gram
+        bordered.diagonal(dim1=1, dim2=2)[:, 1:] += (self.lam * scale)[:, None]
+        alpha = torch.linalg.solve_ex(bordered, state["e0"][:, : n + 1])[0][:, 1:]
+        mixed = history_combine(alpha, state["f"][:, :n])
+        if self.beta != 1.0:
+            mixed = mixed - (1.0 - self.beta) * history_combine(alpha, state["r"][:, :n])
+        return mixed

@@ -8,8 +8,13 @@ used by MDEQ and DeepEquilibriumNetworks.jl's L-Broyden. With ``dz = z_k - z_{k-
     v = H^T dz,    u = (dz - H dg) / (v . dg),
 
 and the next step is ``z_{k+1} = z_k - H g_k``. Only the last ``memory`` pairs are kept (a
-ring buffer; unused slots are zero and so drop out of the sums). A sample whose denominator
-``v . dg`` is tiny (a stalled or frozen sample) skips its update instead of dividing by ~0.
+ring buffer). A sample whose denominator ``v . dg`` is tiny (a stalled or frozen sample)
+skips its update instead of dividing by ~0.
+
+Cost per step beyond the ``fn`` call: four passes over the ``n <= memory`` stored pairs
+(``U^T dz`` and ``V^T [dg, g]`` reduce, ``V (U^T dz)`` and ``U (V^T [dg, g])`` expand; ``H dg``
+and ``H g`` share their passes), as batched matrix products over the filled slots only.
+``H_new g`` then follows from ``H g`` by the rank-one change, without another pass.
 """
 
 from __future__ import annotations
@@ -19,18 +24,8 @@ from dataclasses import dataclass
 import torch
 
 from .. import _checks
-from ._state import write_slot
+from ._state import SMALL_PRODUCT, history_combine, history_dot, write_slot
 from .discrete import DiscreteSolver
-
-
-def _apply_inverse(u, v, x):
-    """``H x`` with ``H = -I + sum_i u_i v_i^T``; ``u, v: (B, m, d)``, ``x: (B, d)``."""
-    return -x + torch.einsum("bmd,bm->bd", u, torch.einsum("bmd,bd->bm", v, x))
-
-
-def _apply_inverse_transposed(u, v, x):
-    """``H^T x``."""
-    return -x + torch.einsum("bmd,bm->bd", v, torch.einsum("bmd,bd->bm", u, x))
 
 
 @dataclass(frozen=True)
@@ -46,9 +41,12 @@ class Broyden(DiscreteSolver):
     def init(self, z0, fz0):
         batch, dim = z0.shape
         g = fz0 - z0
+        # The buffers never hold more pairs than there are updates.
+        slots = max(1, min(self.memory, self.max_iter))
         return {
-            "u": z0.new_zeros(batch, self.memory, dim),
-            "v": z0.new_zeros(batch, self.memory, dim),
+            "u": z0.new_empty(batch, slots, dim),  # only slots already written are read
+            "v": z0.new_empty(batch, slots, dim),
+            "slots": slots,
             "z": z0,
             "g": g,
             "step": g,  # -H_0 g = g: the first step is a Picard step
@@ -59,21 +57,45 @@ class Broyden(DiscreteSolver):
         return state["z"] + state["step"]
 
     def update(self, state, z, fz, active) -> None:
-        u, v = state["u"], state["v"]
+        u, v, slots, count = state["u"], state["v"], state["slots"], state["count"]
+        n = min(count, slots)  # pairs in H now
         g = fz - z
         dz = z - state["z"]
         dg = g - state["g"]
-        v_new = _apply_inverse_transposed(u, v, dz)
+        if n:
+            # H^T dz = -dz + V (U^T dz);  H [dg, g] = -[dg, g] + U (V^T [dg, g]).
+            un, vn = u[:, :n], v[:, :n]
+            v_new = history_combine(history_dot(un, dz), vn) - dz
+            if z.device.type == "cpu" and n * z.shape[1] < SMALL_PRODUCT:  # see history_dot
+                h_dg = history_combine(history_dot(vn, dg), un) - dg
+                h_g = history_combine(history_dot(vn, g), un) - g
+            else:
+                pair = torch.stack([dg, g], dim=1)  # (B, 2, d): one pass over V and U for both
+                h_pair = torch.bmm(torch.bmm(pair, vn.transpose(1, 2)), un) - pair
+                h_dg, h_g = h_pair[:, 0], h_pair[:, 1]
+        else:
+            v_new, h_dg, h_g = -dz, -dg, -g
         denominator = (v_new * dg).sum(dim=1)
         tiny = torch.finfo(z.dtype).eps * (dz.norm(dim=1) * dg.norm(dim=1))
         usable = active & (denominator.abs() > tiny) & torch.isfinite(denominator)
         safe_denominator = torch.where(usable, denominator, torch.ones_like(denominator))
-        u_new = (dz - _apply_inverse(u, v, dg)) / safe_denominator[:, None]
-        slot = state["count"] % self.memory
-        # A skipped update keeps whatever pair the slot held (zeros while the buffer fills).
-        u = write_slot(u, slot, torch.where(usable[:, None], u_new, u[:, slot]))
-        v = write_slot(v, slot, torch.where(usable[:, None], v_new, v[:, slot]))
-        state["u"], state["v"] = u, v
-        state["count"] += 1
-        state["step"] = -_apply_inverse(u, v, g)
+        u_new = (dz - h_dg) / safe_denominator[:, None]
+        slot = count % slots
+        # A skipped update keeps whatever pair the slot held: zeros (no pair) while the ring
+        # fills, the oldest pair once it is full.
+        if count < slots:
+            u_keep = v_keep = None
+        else:
+            u_keep, v_keep = u[:, slot], v[:, slot]
+        u_slot = torch.where(usable[:, None], u_new, 0.0 if u_keep is None else u_keep)
+        v_slot = torch.where(usable[:, None], v_new, 0.0 if v_keep is None else v_keep)
+        # H_new g = H g - u_old (v_old . g) + u_slot (v_slot . g), where (u_old, v_old) is the
+        # pair the slot held before (none while the ring fills).
+        h_g = h_g + u_slot * (v_slot * g).sum(dim=1, keepdim=True)
+        if u_keep is not None:
+            h_g = h_g - u_keep * (v_keep * g).sum(dim=1, keepdim=True)
+        state["u"] = write_slot(u, slot, u_slot)
+        state["v"] = write_slot(v, slot, v_slot)
+        state["count"] = count + 1
+        state["step"] = -h_g
         state["z"], state["g"] = z, g

@@ -65,6 +65,7 @@ def iterate(solver: DiscreteSolver, fn: Callable[[torch.Tensor], torch.Tensor], 
     termination = solver.termination
     tracker = SampleTracker(termination, z0)
     interval = termination.check_interval(z0.device)
+    batch = z0.shape[0]
     z = z0
     fz = fn(z)
     nfe = 1
@@ -74,15 +75,23 @@ def iterate(solver: DiscreteSolver, fn: Callable[[torch.Tensor], torch.Tensor], 
         tracker.observe(iteration, z, fz)
         if iteration >= solver.max_iter:
             break
-        if iteration % interval == 0 and not bool(tracker.active.any()):
-            break
-        active = tracker.active[:, None]
+        active = tracker.active
+        # Where the host reads the flags anyway (every iteration on CPU), a batch with every
+        # sample running skips the two freezing copies below: where(all True, a, b) is a.
+        all_running = False
+        if iteration % interval == 0:
+            running = int(active.sum())
+            if running == 0:
+                break
+            all_running = running == batch
         # Finished samples are evaluated at their frozen state: fn sees no garbage proposals.
-        z = torch.where(active, solver.propose(state), z)
-        fz = torch.where(active, fn(z), fz)
+        proposal = solver.propose(state)
+        z = proposal if all_running else torch.where(active[:, None], proposal, z)
+        fz_new = fn(z)
+        fz = fz_new if all_running else torch.where(active[:, None], fz_new, fz)
         nfe += 1
         iteration += 1
-        solver.update(state, z, fz, active[:, 0])
+        solver.update(state, z, fz, active)
     z, residual, status = tracker.finish(z, solver.max_iter)
     return Solution(z=z, z0=z0, residual=residual, status=status, iterations=tracker.iterations,
                     nfe=nfe, steps=iteration)

@@ -1,0 +1,266 @@
+"""Finite-time integration ``z(t0) -> z(t1)`` (the Neural ODE path), with two gradients.
+
+``integrate(rhs, z0, t1, method)`` solves ``dz/dt = rhs(t, z)`` per sample: every sample has
+its own time, step size, accept/reject decisions and status, and lands exactly on ``t1`` and on
+each requested ``t_eval`` time (steps are shortened to hit them; no interpolation).
+
+Gradients:
+
+* ``adjoint="backprop"`` (default): autograd through the accepted steps
+  (discretise-then-optimise, as ``torchdiffeq.odeint``). Exact for the computed solution
+  with the step sizes held fixed; memory grows with the number of steps.
+* ``adjoint="backsolve"``: the continuous adjoint (optimise-then-discretise, as
+  ``torchdiffeq.odeint_adjoint``), memory independent of the steps, in :mod:`._backsolve`.
+
+Status per sample: ``CONVERGED`` means "reached ``t1``"; ``MAX_ITERS`` the step budget ran
+out; ``DT_MIN`` the step size underflowed or became non-finite (the usual end of a blow-up
+with an adaptive method); ``NON_FINITE`` a fixed-step method produced NaN/Inf. A sample that
+did not reach ``t1`` returns its last accepted state and its ``t``.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field, replace
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from .. import _checks
+from ._state import StatePacker
+from .controller import initial_step, underflow
+from .solution import State, Status
+from .steady_state import time_dtype
+
+
+@dataclass
+class Trajectory:
+    """Result of :func:`integrate`. Per-sample fields are ``(batch,)`` tensors."""
+
+    z: State  #: state at ``t1`` (same structure as ``z0``)
+    ys: Optional[State]  #: states at ``t_eval``, stacked on a new leading dim, or None
+    t: torch.Tensor  #: time each sample reached (``t1`` unless it stopped early), float64
+    status: torch.Tensor  #: ``Status`` codes, int8
+    accepted_steps: torch.Tensor
+    rejected_steps: torch.Tensor
+    nfe: int  #: calls of ``rhs`` on the batch (forward)
+    steps: int  #: loop iterations (the slowest sample's accepted + rejected steps)
+    t_eval: Optional[torch.Tensor] = None
+    #: filled in by the backsolve adjoint's backward pass: nfe, steps, status of the
+    #: backward integration (a batch-global solve).
+    adjoint: dict = field(default_factory=dict)
+
+    @property
+    def reached_t1(self) -> torch.Tensor:
+        return self.status == Status.CONVERGED
+
+
+@dataclass
+class _Run:
+    """What one flat solve returns (internal)."""
+
+    y: torch.Tensor
+    ys: Optional[torch.Tensor]
+    t: torch.Tensor
+    status: torch.Tensor
+    accepted: torch.Tensor
+    rejected: torch.Tensor
+    nfe: int
+    steps: int
+
+
+def _eval_times(t_eval, t0: float, t1: float, device) -> Optional[torch.Tensor]:
+    if t_eval is None:
+        return None
+    times = torch.as_tensor(t_eval, dtype=torch.float64).detach().cpu()
+    if times.dim() != 1 or times.numel() == 0:
+        raise ValueError(f"t_eval must be a non-empty 1-D sequence of times, got shape {tuple(times.shape)}")
+    if not bool(torch.isfinite(times).all()):
+        raise ValueError("t_eval contains NaN or Inf values")
+    if times.numel() > 1 and not bool((times[1:] > times[:-1]).all()):
+        raise ValueError("t_eval must be strictly increasing")
+    if float(times[0]) < t0 or float(times[-1]) > t1:
+        raise ValueError(f"t_eval must lie in [t0, t1] = [{t0}, {t1}], got [{float(times[0])}, {float(times[-1])}]")
+    return times.to(device)
+
+
+def integrate_flat(method, rhs: Callable, y0: torch.Tensor, t0: float, t1: float,
+               t_eval: Optional[torch.Tensor] = None, error_columns: Optional[int] = None) -> _Run:
+    """Integrate the flat field ``rhs(t, y)`` (``t`` per sample, ``y``'s dtype) from ``t0`` to ``t1``.
+
+    Runs under whatever autograd mode the caller chose. ``t_eval`` (float64, in ``[t0, t1]``,
+    increasing) are the times to record; ``error_columns`` restricts the error norm to the
+    leading columns (the backsolve adjoint's seminorm).
+    """
+    batch, device = y0.shape[0], y0.device
+    tdtype = time_dtype(device)
+    stepper = method.stepper()
+    controller = method.controller()
+    if error_columns is not None and controller.adaptive:
+        controller = replace(controller, error_columns=error_columns)
+    interval = method.termination.check_interval(device)
+
+    # Targets each sample steps onto, in order: the t_eval times after t0, then t1.
+    ys = None
+    slot_of_target = []
+    if t_eval is not None:
+        ys = y0.new_zeros((t_eval.numel(),) + tuple(y0.shape))
+        at_start = (t_eval == t0)[:, None, None]
+        ys = torch.where(at_start, y0[None], ys)
+        later = [(i, float(v)) for i, v in enumerate(t_eval.tolist()) if v > t0]
+        slot_of_target = [i for i, _ in later]
+        target_times = [v for _, v in later]
+    else:
+        target_times = []
+    if not target_times or target_times[-1] < t1:
+        target_times.append(t1)
+        slot_of_target.append(-1)
+    targets = torch.tensor(target_times, dtype=tdtype, device=device)
+    slots = torch.tensor(slot_of_target, dtype=torch.long, device=device)
+    last_target = len(target_times) - 1
+    slot_range = torch.arange(ys.shape[0], device=device)[:, None] if ys is not None else None
+
+    t = torch.full((batch,), float(t0), dtype=tdtype, device=device)
+    y = y0
+    k = rhs(t.to(y0.dtype), y)
+    nfe = 1
+    if method.initial_dt is None:
+        dt, evaluations = initial_step(rhs, t.to(y0.dtype), y, k, controller, tdtype)
+        nfe += evaluations
+    else:
+        dt = torch.full((batch,), float(method.initial_dt), dtype=tdtype, device=device)
+    dt = torch.clamp(dt, max=t1 - t0)
+    prev_ratio = controller.initial_state(dt)
+    target_index = torch.zeros(batch, dtype=torch.long, device=device)
+    status = torch.full((batch,), Status.RUNNING, dtype=torch.int8, device=device)
+    accepted = torch.zeros(batch, dtype=torch.long, device=device)
+    rejected = torch.zeros_like(accepted)
+    running = status == Status.RUNNING
+    steps = 0
+    while steps < method.max_steps:
+        if steps % interval == 0 and not bool(running.any()):
+            break
+        target = targets[target_index]
+        remaining = target - t
+        clip = dt >= remaining
+        # Finished samples step with h = 0: rhs sees exactly their frozen state.
+        h = torch.where(running, torch.where(clip, remaining, dt), torch.zeros_like(dt))
+        result = stepper.step(rhs, t, y, k, h)
+        nfe += result.evaluations
+        steps += 1
+        ratio = None if result.error is None else controller.error_ratio(result.error, y, result.y)
+        accept, dt_next, prev_next = controller.adapt(h, ratio, prev_ratio)
+        if not controller.adaptive:
+            # Without an error estimate, a NaN/Inf is only seen in the new derivative.
+            finite = torch.isfinite(result.k).all(dim=1)
+            status = torch.where(running & ~finite, torch.full_like(status, Status.NON_FINITE), status)
+            accept = accept & finite
+        take = running & accept
+        y = torch.where(take[:, None], result.y, y)
+        k = torch.where(take[:, None], result.k, k)
+        # Land exactly on the target (t + h may round past it).
+        t = torch.where(take, torch.where(clip, target, t + h), t)
+        accepted = accepted + take.long()
+        rejected = rejected + (running & ~accept).long()
+        hit = take & clip
+        if ys is not None:
+            slot = slots[target_index]
+            ys = torch.where(((slot_range == slot[None]) & hit[None])[:, :, None], y[None], ys)
+        done = hit & (target_index == last_target)
+        status = torch.where(done, torch.full_like(status, Status.CONVERGED), status)
+        target_index = torch.where(hit & ~done, target_index + 1, target_index)
+        # A step shortened to hit a target says little about the next one: keep the larger of
+        # the controller's proposal and the step it had proposed before shortening.
+        dt_next = torch.where(hit, torch.maximum(dt_next, dt), dt_next)
+        dt = torch.where(running, dt_next, dt)
+        prev_ratio = torch.where(running, prev_next, prev_ratio)
+        running = status == Status.RUNNING
+        too_small = running & underflow(dt, t, controller.dt_min, t1 - t0, y0.dtype)
+        status = torch.where(too_small, torch.full_like(status, Status.DT_MIN), status)
+        running = status == Status.RUNNING
+    status = torch.where(running, torch.full_like(status, Status.MAX_ITERS), status)
+    return _Run(y, ys, t, status, accepted, rejected, nfe, steps)
+
+
+def _time(name: str, value) -> float:
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"{name} must be a scalar time, got a tensor of shape {tuple(value.shape)}")
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return float(value)
+
+
+def integrate(rhs: Callable[[torch.Tensor, State], State], z0: State, t1: float, method, *,
+              t0: float = 0.0, t_eval=None, adjoint: str = "backprop",
+              params: Optional[Sequence[torch.Tensor]] = None) -> Trajectory:
+    """Integrate ``dz/dt = rhs(t, z)`` from ``z(t0) = z0`` to ``t1``, per sample.
+
+    ``rhs(t, z)`` gets the per-sample times ``t`` (shape ``(batch,)``, the state's dtype) and
+    the state ``z`` (a tensor or tuple of tensors, batch first) and returns ``dz/dt`` shaped
+    like ``z``. ``method`` is an ODE method (``Tsit5(rtol=..., atol=...)``, ...; its
+    ``termination`` is not used here). ``t_eval``: increasing times in ``[t0, t1]`` at which
+    to also return the state (``Trajectory.ys``, stacked on a new leading dimension).
+
+    ``adjoint="backprop"`` differentiates through the steps. ``adjoint="backsolve"``
+    integrates the continuous adjoint backwards; it must be told every tensor ``rhs``
+    depends on that needs a gradient (module parameters, and a captured input such as an
+    injection ``x``) in ``params``: tensors captured by ``rhs`` but not listed get no
+    gradient. ``params`` is not needed with ``"backprop"``.
+    """
+    if getattr(method, "kind", None) != "continuous" or not callable(getattr(method, "stepper", None)):
+        raise TypeError(f"method must be an ODE method (Tsit5(), Dopri5(), BS3(), Euler(), RK4()), "
+                        f"got {type(method).__name__}")
+    if not callable(rhs):
+        raise TypeError(f"rhs must be callable rhs(t, z), got {type(rhs).__name__}")
+    t0, t1 = _time("t0", t0), _time("t1", t1)
+    if t1 <= t0:
+        raise ValueError(f"t1 must be greater than t0 (forward integration only), got t0={t0}, t1={t1}")
+    _checks.one_of("adjoint", adjoint, ("backprop", "backsolve"))
+    packer = StatePacker(z0, "z0")
+    for i, part in enumerate(z0 if packer.is_tuple else (z0,)):
+        _checks.finite_tensor(f"z0[{i}]" if packer.is_tuple else "z0", part)
+    if params is not None:
+        params = tuple(params)
+        for i, p in enumerate(params):
+            if not isinstance(p, torch.Tensor):
+                raise TypeError(f"params[{i}] must be a tensor, got {type(p).__name__}")
+    if adjoint == "backsolve" and params is None:
+        raise ValueError("adjoint='backsolve' needs params: the tensors rhs depends on that need "
+                         "gradients (e.g. [*f.parameters(), x]); pass params=() if there are none")
+    times = _eval_times(t_eval, t0, t1, packer.device)
+
+    def flat_rhs(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        out = rhs(t, packer.unpack(y))
+        packer.check_output(out, "rhs")
+        return packer.pack(out)
+
+    y0 = packer.pack(z0)
+    if adjoint == "backsolve":
+        from ._backsolve import backsolve
+        run, adjoint_stats = backsolve(method, flat_rhs, y0, t0, t1, times, params)
+    else:
+        run, adjoint_stats = integrate_flat(method, flat_rhs, y0, t0, t1, times), {}
+    short = run.status != Status.CONVERGED
+    if bool(short.any()):  # one host sync per solve: a truncated trajectory must not pass silently
+        counts = torch.bincount(run.status[short].long(), minlength=len(Status)).tolist()
+        reasons = ", ".join(f"{Status(i).name.lower()}: {n}" for i, n in enumerate(counts) if n)
+        warnings.warn(f"integrate: {int(short.sum())} of {packer.batch} samples did not reach t1 "
+                      f"({reasons}); see Trajectory.status and Trajectory.t", RuntimeWarning, stacklevel=2)
+    ys = None if run.ys is None else _stack_unpack(packer, run.ys)
+    return Trajectory(z=packer.unpack(run.y), ys=ys, t=run.t, status=run.status,
+                      accepted_steps=run.accepted, rejected_steps=run.rejected, nfe=run.nfe,
+                      steps=run.steps, t_eval=times, adjoint=adjoint_stats)
+
+
+def _stack_unpack(packer: StatePacker, ys: torch.Tensor) -> State:
+    """``(n, batch, dim)`` -> the state's structure with a leading ``n``."""
+    n = ys.shape[0]
+    if not packer.is_tuple:
+        return ys.reshape(n, packer.batch, *packer.shapes[0])
+    parts = torch.split(ys, packer.sizes, dim=2)
+    return tuple(p.reshape(n, packer.batch, *s) for p, s in zip(parts, packer.shapes))

@@ -107,6 +107,9 @@ class SampleTracker:
         self.best_residual = self.residual.clone()
         self.best_z = z0.clone()
         self.initial_residual: torch.Tensor | None = None
+        # fn(z) - z is written here each step: a fresh (batch, dim) tensor per step would be
+        # allocated, page-faulted and freed again, which costs more than the subtraction.
+        self._difference = torch.empty_like(z0)
         # 0-d status codes: torch.where with them is one op, no full_like per code and step.
         # (Filled on the device: no host-to-device copy.)
         self._codes = {s: torch.full((), int(s), dtype=torch.int8, device=z0.device) for s in Status}
@@ -119,7 +122,9 @@ class SampleTracker:
         term = self.termination
         codes = self._codes
         active = self.active
-        residual = term.sample_norm(fz - z)
+        recording = torch.is_grad_enabled() and (z.requires_grad or fz.requires_grad or self.best_z.requires_grad)
+        difference = fz - z if recording else torch.sub(fz, z, out=self._difference)
+        residual = term.sample_norm(difference)
         finite = residual < _INF  # a norm is >= 0: one op where isfinite takes three
         if self.initial_residual is None:
             self.initial_residual = residual
@@ -140,11 +145,13 @@ class SampleTracker:
         # Best iterate: only finite residuals count (NaN < x is False), only running samples move.
         better = active & (residual < self.best_residual)
         self.best_residual = torch.where(better, residual, self.best_residual)
-        if torch.is_grad_enabled() and (z.requires_grad or self.best_z.requires_grad):
+        if recording:
             self.best_z = torch.where(better[:, None], z, self.best_z)
-        else:
-            # In place (best_z is the tracker's own copy): a fresh (batch, dim) result would
-            # be allocated and page-faulted in every iteration, several times the copy itself.
+        elif z.device.type == "cpu" and bool(better.all()):
+            # The common case, read on the host where that is free: a plain copy, several
+            # times cheaper than a masked select over the whole state.
+            self.best_z.copy_(z)
+        else:  # in place: best_z is the tracker's own copy
             torch.where(better[:, None], z, self.best_z, out=self.best_z)
 
     def finish(self, z: torch.Tensor, budget: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -199,4 +206,6 @@ def history_combine(weights: torch.Tensor, history: torch.Tensor) -> torch.Tenso
     """``(B, n) x (B, n, d) -> (B, d)``: ``sum_i weights_i history_i`` per sample."""
     if history.device.type == "cpu" and history.shape[1] * history.shape[2] < SMALL_PRODUCT:
         return (weights[:, :, None] * history).sum(dim=1)
-    return torch.bmm(weights[:, None, :], history)[:, 0]
+    # Solver outputs (solve_ex, solve_triangular) come column-major, a layout that also
+    # sends bmm to its per-sample loop: make the (B, n) weights row-major first (cheap).
+    return torch.bmm(weights.contiguous()[:, None, :], history)[:, 0]

@@ -87,8 +87,11 @@ class Broyden(DiscreteSolver):
             u_keep = v_keep = None
         else:
             u_keep, v_keep = u[:, slot], v[:, slot]
-        u_slot = torch.where(usable[:, None], u_new, 0.0 if u_keep is None else u_keep)
-        v_slot = torch.where(usable[:, None], v_new, 0.0 if v_keep is None else v_keep)
+        if z.device.type == "cpu" and bool(usable.all()):  # host read, free on CPU: no masked select
+            u_slot, v_slot = u_new, v_new
+        else:
+            u_slot = torch.where(usable[:, None], u_new, 0.0 if u_keep is None else u_keep)
+            v_slot = torch.where(usable[:, None], v_new, 0.0 if v_keep is None else v_keep)
         # H_new g = H g - u_old (v_old . g) + u_slot (v_slot . g), where (u_old, v_old) is the
         # pair the slot held before (none while the ring fills).
         h_g = h_g + u_slot * (v_slot * g).sum(dim=1, keepdim=True)

@@ -5,11 +5,11 @@ import torch
 
 os.environ.setdefault("PYTHON_JULIAPKG_OFFLINE", "yes")
 
-# Under pytest-xdist every worker is a process of its own: with torch's default of one
-# intra-op thread per core, two workers on two cores oversubscribe the CPU and small ops
-# slow down by an order of magnitude. One thread per worker keeps the cores busy.
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    torch.set_num_threads(1)
+# One intra-op thread per test process. The suite's tensors are tiny, so extra threads only
+# add overhead; and under pytest-xdist (a process per core) or on a busy machine, OpenMP
+# threads waiting for a descheduled sibling slow small ops (Anderson's batched solve_ex,
+# measured) from 0.02 ms to 30 ms. Tests that need more threads set them themselves.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

@@ -182,17 +182,6 @@ def flat_residual(layer: DEQ, z, x) -> torch.Tensor:
     return torch.linalg.vector_norm(diff, dim=1)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Run the layer tests single-threaded: their tensors are tiny, and on a busy 2-core
-    machine two OpenMP threads make each small batched LAPACK call (Anderson's
-    ``linalg.solve_ex``) wait for a descheduled thread: measured 30 ms instead of 0.02 ms."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def build():
     """The helpers above, as one namespace (conftest modules are not importable by name)."""

@@ -19,15 +19,6 @@ FEATURES, WIDTH, CLASSES = 12, 8, 3
 TIMINGS = {"train_time", "backward_time", "test_predict_time"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: intra-op threads only add overhead, and with other test processes on the
-    same cores their spinning costs ~10x CPU time (measured). Restored afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 class DropoutDEQ(nn.Module):
     """A tiny Skip Reg. DEQ classifier with dropout, so that training draws from torch's global

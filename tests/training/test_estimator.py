@@ -19,15 +19,6 @@ from pycdeq.training import DEQClassifier
 from pycdeq.training.estimator import SKIPPED_CHECKS
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: intra-op threads only add overhead, and with other test processes on the
-    same cores their spinning costs ~10x CPU time (measured). Restored afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def _small(**params) -> DEQClassifier:
     """A tiny, fast configuration: the API does not depend on the size (Anderson is the

@@ -17,15 +17,6 @@ from pycdeq.training import EpochMetrics, EvalMetrics, Trainer, TrainConfig
 FEATURES, CLASSES = 10, 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: intra-op threads only add overhead, and with other test processes on the
-    same cores their spinning costs ~10x CPU time (measured). Restored afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def _data(n: int, seed: int):
     generator = torch.Generator().manual_seed(seed)

@@ -20,7 +20,8 @@ from typing import Callable, Dict, List, Sequence
 
 import torch
 
-RESULTS = Path(__file__).resolve().parent / "results"
+# PYCDEQ_BENCH_RESULTS redirects every benchmark's files (the suite runner's --out).
+RESULTS = Path(os.environ.get("PYCDEQ_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
 
 
 def synchronize(device: torch.device | str | None = None) -> None:
@@ -62,6 +63,9 @@ def machine() -> dict:
         "cores": os.cpu_count(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
+    if hasattr(os, "getloadavg"):
+        # Timings on a busy machine are inflated and noisy: keep the 1-minute load with them.
+        info["loadavg_1m"] = round(os.getloadavg()[0], 2)
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
     try:
@@ -74,6 +78,8 @@ def machine() -> dict:
 
 def markdown_table(rows: List[dict], columns: Sequence[str]) -> str:
     def fmt(v):
+        if v is None:
+            return ""
         if isinstance(v, float):
             return f"{v:.4g}"
         return str(v)
@@ -100,7 +106,8 @@ def write_results(name: str, rows: List[dict], columns: Sequence[str], *, title:
     """Write ``<name>.json`` and ``<name>.md``; return the Markdown."""
     out_dir = Path(out_dir) if out_dir else RESULTS
     meta = machine()
-    _atomic_write(out_dir / f"{name}.json", json.dumps({"name": name, "machine": meta, "rows": rows}, indent=2))
+    _atomic_write(out_dir / f"{name}.json", json.dumps({"name": name, "title": title, "machine": meta, "rows": rows,
+                                                            "notes": notes}, indent=2))
     where = ", ".join(f"{k} {v}" for k, v in meta.items())
     md = f"### {title}\n\n{markdown_table(rows, columns)}\n\n{notes}\n\n_Machine: {where}_\n"
     _atomic_write(out_dir / f"{name}.md", md)

@@ -14,10 +14,11 @@ MNIST-dense runs on Fashion-MNIST (a subset; synthetic MNIST-shaped data where t
 missing), the CIFAR-10 small MDEQ on synthetic CIFAR-shaped data with a small batch and few
 steps (timing only).
 
-Item 2: vanilla, Skip Reg. and Skip continuous DEQs (MNIST-dense, paper settings,
-``lambda_skip = 0.01``) trained interleaved for the same number of steps on scikit-learn's
-digits, then evaluated on the test split: train time and test nfe (per batch, i.e. the
-slowest sample's) against vanilla.
+Item 2: vanilla, Skip Reg. and Skip continuous DEQs (MNIST-dense, paper solver settings,
+``lambda_skip = 5.0`` as in the released script and ``pycdeq run mnist-dense``) trained
+interleaved for the same number of steps on a Fashion-MNIST subset (scikit-learn's digits
+where the files are missing), then evaluated on the test split: train time and test nfe
+(per batch, i.e. the slowest sample's) against vanilla.
 
 The helpers at the top (CLI, models with shared weights, timed training step, profiles) are
 shared by the other benchmarks of the suite.
@@ -44,6 +45,10 @@ from pycdeq.models import build_model, defaults
 from . import _harness
 
 LAMBDA_SKIP = 0.01  # the paper's skip-loss weight (TrainConfig's default)
+# Item 2 uses the released MNIST-dense script's weight, as `pycdeq run mnist-dense` does: with
+# 0.01 the Skip variants' initial guess does not approach the fixed point within a budget
+# this benchmark can afford (the paper's Table A comes after ~47,000 steps).
+LAMBDA_SKIP_ITEM2 = 5.0
 LR = 1e-3
 
 
@@ -84,15 +89,16 @@ def copy_shared_weights(source: torch.nn.Module, target: torch.nn.Module) -> Non
 
 
 class TimedTrainer:
-    """One Adam step on ``cross_entropy + LAMBDA_SKIP * skip_loss``, timed by phase."""
+    """One Adam step on ``cross_entropy + lambda_skip * skip_loss``, timed by phase."""
 
-    def __init__(self, model: torch.nn.Module, device: torch.device, lr: float = LR):
-        self.model, self.device = model, device
+    def __init__(self, model: torch.nn.Module, device: torch.device, lr: float = LR,
+                 lambda_skip: float = LAMBDA_SKIP):
+        self.model, self.device, self.lambda_skip = model, device, lambda_skip
         self.optimizer = torch.optim.Adam(model.parameters(), lr=lr)
 
     def loss(self, x, y):
         logits, solution = self.model(x)
-        return F.cross_entropy(logits, y) + LAMBDA_SKIP * solution.skip_loss, solution
+        return F.cross_entropy(logits, y) + self.lambda_skip * solution.skip_loss, solution
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> dict:
         self.model.train()
@@ -299,15 +305,19 @@ def _evaluate(model, x, y, batch: int) -> dict:
 
 def skip_vs_vanilla(device: torch.device, *, batch: int, steps: int, dataset: str = "digits") -> tuple:
     options = {}
+    data = None
     if dataset == "fashion-mnist":
-        data = load_dataset("fashion-mnist", limit_train=4096, limit_test=512)
-    else:
+        try:
+            data = load_dataset("fashion-mnist", limit_train=10000, limit_test=1000)
+        except DatasetNotFoundError:
+            dataset = "digits"  # the Debian files are not installed here
+    if data is None:
         data = load_dataset(dataset)
         options["input_shape"] = data.input_shape
     models = {v: seeded_model("mnist-dense", v, device, **options) for v in ("vanilla", "skip_reg", "skip")}
     for variant in ("skip_reg", "skip"):
         copy_shared_weights(models["vanilla"], models[variant])
-    trainers = {v: TimedTrainer(m, device) for v, m in models.items()}
+    trainers = {v: TimedTrainer(m, device, lambda_skip=LAMBDA_SKIP_ITEM2) for v, m in models.items()}
     x_test, y_test = data.test.x.to(device), data.test.y.to(device)
     with quiet_nonconvergence():
         records = train_interleaved(trainers, batches_of(data.train.x, data.train.y, batch, steps + 1, device))
@@ -330,7 +340,7 @@ def skip_vs_vanilla(device: torch.device, *, batch: int, steps: int, dataset: st
     nfe_list = ", ".join(f"{r['variant']} {r['train_nfe_last_quarter']:.0f}" for r in rows)
     start_list = ", ".join(f"{r['variant']} {r['test_start_residual']:.2g}" for r in rows)
     notes = (f"{dataset} ({len(data.train.y)} train / {len(y_test)} test samples), MNIST-dense continuous DEQs "
-             f"with the paper's settings, lambda_skip = {LAMBDA_SKIP}, {steps} timed Adam steps (lr {LR}) of "
+             f"with the paper's settings, lambda_skip = {LAMBDA_SKIP_ITEM2}, {steps} timed Adam steps (lr {LR}) of "
              f"batch {batch} after one warm-up step, interleaved. test_nfe: f calls per test batch of 128 (the "
              f"slowest sample's), test_mean_steps: mean ODE steps per sample. Skip Reg. trains "
              f"**{reg['speedup_vs_vanilla']:.2f}x** as fast with **{reg['test_nfe_vs_vanilla']:.2f}x** the test nfe; "
@@ -352,7 +362,7 @@ def skip_vs_vanilla(device: torch.device, *, batch: int, steps: int, dataset: st
 # --- entry points ---------------------------------------------------------------------------
 
 def run(quick: bool = False, device: str = "cpu", out_dir: Optional[Path] = None,
-        skip_data: str = "digits") -> List[str]:
+        skip_data: str = "fashion-mnist") -> List[str]:
     dev = resolve_device(device)
     cuda = dev.type == "cuda"
     rows, notes = [], []
@@ -373,7 +383,7 @@ def run(quick: bool = False, device: str = "cpu", out_dir: Optional[Path] = None
          "nonconverged"],
         title=f"Continuous DEQ vs Neural ODE: training speed (issue 7 item 1, {dev.type})",
         notes="\n\n".join(notes), out_dir=out_dir)
-    rows, note = skip_vs_vanilla(dev, batch=64, steps=8 if quick else 40, dataset=skip_data)
+    rows, note = skip_vs_vanilla(dev, batch=32, steps=8 if quick else 600, dataset=skip_data)
     _harness.write_results(
         "training_skip", rows,
         ["variant", "batch", "steps", "train_s", "speedup_vs_vanilla", "test_nfe", "test_nfe_vs_vanilla",
@@ -385,7 +395,7 @@ def run(quick: bool = False, device: str = "cpu", out_dir: Optional[Path] = None
 
 def main(argv=None) -> None:
     parser = make_parser(__doc__.splitlines()[0])
-    parser.add_argument("--skip-data", default="digits", choices=("digits", "fashion-mnist"),
+    parser.add_argument("--skip-data", default="fashion-mnist", choices=("digits", "fashion-mnist"),
                         help="data set of the Skip / Skip Reg. comparison (item 2)")
     args = parser.parse_args(argv)
     for name in run(args.quick, args.device, args.out, args.skip_data):

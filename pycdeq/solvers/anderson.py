@@ -10,10 +10,11 @@ and moves to ``z = sum_i alpha_i (x_i + beta r_i)``. ``s`` is the mean of the Gr
 the regularisation is relative, so it means the same for residuals of size 1 and 1e-6 (an
 absolute ``lam`` swamps the Gram matrix as a solve converges and stalls it in float32).
 
-Cost per step beyond the ``fn`` call: two passes over the history (the new Gram row
-``R r_new``, ``O(m d)``, keeps ``R R^T`` up to date incrementally; the mixing product), and the small systems are solved together on the
-device with ``torch.linalg.solve_ex``, which neither raises nor syncs on a singular matrix,
-so a sample that went NaN cannot stop the others.
+Cost per step beyond the ``fn`` call: two passes over the history, ``O(m d)`` each (the new
+Gram row ``R r_new``, which keeps ``R R^T`` up to date incrementally, and the mixing product),
+and the small systems, solved together on the device with ``torch.linalg.solve_ex``, which
+neither raises nor syncs on a singular matrix, so a sample that went NaN cannot stop the
+others. For large states the two passes are memory-bound: about ``2 m`` state-sized reads.
 """
 
 from __future__ import annotations

@@ -27,6 +27,8 @@ from .. import _checks
 from ._state import SMALL_PRODUCT, history_combine, history_dot, write_slot
 from .discrete import DiscreteSolver
 
+_INF = float("inf")
+
 
 @dataclass(frozen=True)
 class Broyden(DiscreteSolver):
@@ -49,12 +51,12 @@ class Broyden(DiscreteSolver):
             "slots": slots,
             "z": z0,
             "g": g,
-            "step": g,  # -H_0 g = g: the first step is a Picard step
+            "h_g": -g,  # H_0 g = -g: the first step is a Picard step
             "count": 0,
         }
 
     def propose(self, state) -> torch.Tensor:
-        return state["z"] + state["step"]
+        return state["z"] - state["h_g"]  # z - H g
 
     def update(self, state, z, fz, active) -> None:
         u, v, slots, count = state["u"], state["v"], state["slots"], state["count"]
@@ -75,10 +77,12 @@ class Broyden(DiscreteSolver):
                 h_dg, h_g = h_pair[:, 0], h_pair[:, 1]
         else:
             v_new, h_dg, h_g = -dz, -dg, -g
-        denominator = (v_new * dg).sum(dim=1)
-        tiny = torch.finfo(z.dtype).eps * (dz.norm(dim=1) * dg.norm(dim=1))
-        usable = active & (denominator.abs() > tiny) & torch.isfinite(denominator)
-        safe_denominator = torch.where(usable, denominator, torch.ones_like(denominator))
+        denominator = torch.linalg.vecdot(v_new, dg)
+        norms = torch.linalg.vector_norm(dz, dim=1) * torch.linalg.vector_norm(dg, dim=1)
+        tiny = torch.finfo(z.dtype).eps * norms
+        size = denominator.abs()
+        usable = active & (size > tiny) & (size < _INF)  # NaN fails both comparisons
+        safe_denominator = torch.where(usable, denominator, 1.0)
         u_new = (dz - h_dg) / safe_denominator[:, None]
         slot = count % slots
         # A skipped update keeps whatever pair the slot held: zeros (no pair) while the ring
@@ -94,11 +98,11 @@ class Broyden(DiscreteSolver):
             v_slot = torch.where(usable[:, None], v_new, 0.0 if v_keep is None else v_keep)
         # H_new g = H g - u_old (v_old . g) + u_slot (v_slot . g), where (u_old, v_old) is the
         # pair the slot held before (none while the ring fills).
-        h_g = h_g + u_slot * (v_slot * g).sum(dim=1, keepdim=True)
+        h_g = torch.addcmul(h_g, u_slot, torch.linalg.vecdot(v_slot, g)[:, None])
         if u_keep is not None:
-            h_g = h_g - u_keep * (v_keep * g).sum(dim=1, keepdim=True)
+            h_g = torch.addcmul(h_g, u_keep, torch.linalg.vecdot(v_keep, g)[:, None], value=-1)
         state["u"] = write_slot(u, slot, u_slot)
         state["v"] = write_slot(v, slot, v_slot)
         state["count"] = count + 1
-        state["step"] = -h_g
+        state["h_g"] = h_g
         state["z"], state["g"] = z, g

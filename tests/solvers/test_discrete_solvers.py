@@ -109,8 +109,11 @@ def test_conv_like_state_keeps_shape_and_converges(name):
     gen = torch.Generator().manual_seed(3)
     conv = torch.nn.Conv2d(3, 3, 3, padding=1, bias=False).double()
     with torch.no_grad():
-        # Scale so that ||conv||_2 < 1 for sure: the L1 norm of the kernel bounds it.
-        conv.weight.mul_(0.6 / conv.weight.abs().sum(dim=(1, 2, 3)).max())
+        # ||conv||_2 <= sqrt(max row sum * max column sum) of |kernel| (Schur's test), where a
+        # row is an output channel and a column an input channel: scale both to <= 0.6.
+        weight = conv.weight.abs()
+        bound = torch.maximum(weight.sum(dim=(1, 2, 3)).max(), weight.sum(dim=(0, 2, 3)).max())
+        conv.weight.mul_(0.6 / bound)
     x = torch.randn(2, 3, 6, 5, generator=gen, dtype=torch.float64)
     fn = lambda z: torch.tanh(conv(z) + x)
     with torch.no_grad():

@@ -22,6 +22,10 @@ def solve(fn: Callable[[State], State], z0: State, solver, *, adjoint=None) -> S
 
     Gradients: when autograd is enabled, the returned ``solution.z`` is differentiable with
     respect to everything ``fn`` depends on, through ``adjoint`` (default :class:`GMRES`).
+    With ``solver.compact=True`` (discrete solvers), ``fn`` is called as ``fn(z, index)``,
+    ``index`` being the batch rows ``z`` stands for (``None``: all), so that finished samples
+    leave the work; ``fn`` must treat samples independently.
+
     ``z0`` receives no gradient through the solve (as in DeepEquilibriumNetworks.jl); layers
     that need one (the skip loss) use ``solution.z0`` directly. Under ``torch.no_grad()`` no
     graph is built and no extra ``fn`` call is made.
@@ -35,7 +39,8 @@ def solve(fn: Callable[[State], State], z0: State, solver, *, adjoint=None) -> S
     packer = StatePacker(z0, "z0")
     for i, part in enumerate(z0 if packer.is_tuple else (z0,)):
         _checks.finite_tensor(f"z0[{i}]" if packer.is_tuple else "z0", part)
-    flat_fn = packer.flat_fn(fn)
+    # A compacting solver evaluates fn on the rows still running: fn(z, index).
+    flat_fn = packer.flat_fn(fn, indexed=getattr(solver, "compact", False))
     start = packer.pack(z0).detach()
 
     differentiable = torch.is_grad_enabled()

@@ -77,6 +77,15 @@ def _caller_stacklevel() -> int:
     return level
 
 
+def _check_independent(f: nn.Module) -> None:
+    """A compacting solver evaluates f on a subset of the batch: refuse an f whose batch norm
+    mixes the samples (training mode, or no running statistics)."""
+    for name, module in f.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and (module.training or not module.track_running_stats):
+            raise ValueError(f"solver.compact=True needs f to treat samples independently, but f.{name or 'self'} "
+                             f"is a {type(module).__name__} using batch statistics; use compact=False")
+
+
 class DEQ(nn.Module):
     """Deep equilibrium layer: ``z* = f(z*, x)``.
 
@@ -165,8 +174,14 @@ class DEQ(nn.Module):
         z0 = self.initial_state(x)
         x_solve = x.detach() if self.input_gradient == "final_call" else x
 
-        def fn(z):
-            return self.f(z, x_solve)
+        if getattr(self.solver, "compact", False):
+            _check_independent(self.f)
+
+            def fn(z, index=None):  # a compacting solver passes the rows it evaluates
+                return self.f(z, x_solve if index is None else x_solve.index_select(0, index))
+        else:
+            def fn(z):
+                return self.f(z, x_solve)
 
         if self.fixed_depth > 0:
             solution = self._unrolled(fn, z0)

@@ -50,37 +50,45 @@ class StatePacker:
         self.sizes = tuple(int(torch.Size(s).numel()) for s in self.shapes)
         self.dim = sum(self.sizes)
 
+    # The batch size is read from the tensors, not fixed at construction: a compacting solver
+    # (``compact=True``) evaluates ``fn`` on the rows still running only.
     def pack(self, z: State) -> torch.Tensor:
         if not self.is_tuple:
-            return z.reshape(self.batch, self.dim)
-        return torch.cat([p.reshape(self.batch, -1) for p in z], dim=1)
+            return z.reshape(z.shape[0], self.dim)
+        return torch.cat([p.reshape(p.shape[0], -1) for p in z], dim=1)
 
     def unpack(self, flat: torch.Tensor) -> State:
+        batch = flat.shape[0]
         if not self.is_tuple:
-            return flat.view(self.batch, *self.shapes[0])
+            return flat.view(batch, *self.shapes[0])
         parts = torch.split(flat, self.sizes, dim=1)
-        return tuple(p.reshape(self.batch, *s) for p, s in zip(parts, self.shapes))
+        return tuple(p.reshape(batch, *s) for p, s in zip(parts, self.shapes))
 
-    def check_output(self, out: State, fn_name: str = "fn") -> None:
-        """Raise naming both structures if ``out`` is not shaped like the state."""
+    def check_output(self, out: State, fn_name: str = "fn", batch: int | None = None) -> None:
+        """Raise naming both structures if ``out`` is not shaped like the state (of ``batch`` rows)."""
+        batch = self.batch if batch is None else batch
         parts = tuple(out) if isinstance(out, (tuple, list)) else (out,)
         ok = (isinstance(out, (tuple, list)) == self.is_tuple and len(parts) == len(self.shapes)
               and all(isinstance(p, torch.Tensor) for p in parts))
         if ok:
-            ok = all(tuple(p.shape) == (self.batch, *s) and p.dtype == self.dtype
+            ok = all(tuple(p.shape) == (batch, *s) and p.dtype == self.dtype
                      for p, s in zip(parts, self.shapes))
         if not ok:
-            expected = [(self.batch, *s) for s in self.shapes]
+            expected = [(batch, *s) for s in self.shapes]
             want = f"shape(s) {expected if self.is_tuple else expected[0]} and dtype {self.dtype}"
             raise ValueError(f"{fn_name} returned a {_describe(out)}, but the state {self.name} "
                              f"needs {want}")
 
-    def flat_fn(self, fn: Callable[[State], State]) -> Callable[[torch.Tensor], torch.Tensor]:
-        """``fn`` acting on flat states, checking every output's structure (cheap: no sync)."""
+    def flat_fn(self, fn: Callable[..., State], indexed: bool = False) -> Callable[..., torch.Tensor]:
+        """``fn`` acting on flat states, checking every output's structure (cheap: no sync).
 
-        def flat(z: torch.Tensor) -> torch.Tensor:
-            out = fn(self.unpack(z))
-            self.check_output(out)
+        With ``indexed=True``, ``fn`` is called as ``fn(z, index)``: ``index`` holds the batch
+        rows that ``z`` stands for (``None``: all of them), for a compacting solver.
+        """
+
+        def flat(z: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
+            out = fn(self.unpack(z), index) if indexed else fn(self.unpack(z))
+            self.check_output(out, batch=z.shape[0])
             return self.pack(out)
 
         return flat
@@ -153,6 +161,25 @@ class SampleTracker:
             self.best_z.copy_(z)
         else:  # in place: best_z is the tracker's own copy
             torch.where(better[:, None], z, self.best_z, out=self.best_z)
+
+    _PER_SAMPLE = ("status", "iterations", "residual", "best_residual", "best_z", "initial_residual",
+                   "_difference")
+
+    def select(self, rows: torch.Tensor) -> "SampleTracker":
+        """A tracker for the batch rows ``rows`` only (compaction), sharing the rule."""
+        sub = SampleTracker.__new__(SampleTracker)
+        sub.termination, sub._codes = self.termination, self._codes
+        for name in self._PER_SAMPLE:
+            value = getattr(self, name)
+            setattr(sub, name, None if value is None else value.index_select(0, rows))
+        return sub
+
+    def merge(self, rows: torch.Tensor, sub: "SampleTracker") -> None:
+        """Write the books of ``sub`` (a :meth:`select` of ``rows``) back into this tracker."""
+        for name in self._PER_SAMPLE:
+            value = getattr(self, name)
+            if value is not None and name != "_difference":
+                setattr(self, name, value.index_copy(0, rows, getattr(sub, name)))
 
     def finish(self, z: torch.Tensor, budget: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Close the books: returns ``(z, residual, status)``.

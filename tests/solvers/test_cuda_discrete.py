@@ -8,13 +8,13 @@ Skipped without a CUDA device. Host syncs are counted with
 
 from __future__ import annotations
 
-import warnings
 
 import pytest
 import torch
 
 import pycdeq
 from pycdeq import GMRES, Anderson, Broyden, FixedPoint, FixedPointAdjoint, Status, Termination
+from _cuda_sync import count_syncs  # a sibling module: pytest puts tests/solvers on sys.path
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -31,18 +31,6 @@ def problem(device, dtype=torch.float64, batch=6, dim=32, seed=0):
     w, x, scale = (t.to(device, dtype) for t in (w, x, scale))
     return (lambda z: scale * torch.tanh(z @ w.T + x)), torch.zeros(batch, dim, device=device, dtype=dtype)
 
-
-def count_syncs(run):
-    torch.cuda.synchronize()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        torch.cuda.set_sync_debug_mode("warn")
-        try:
-            result = run()
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-    syncs = sum("synchroniz" in str(w.message).lower() for w in caught)
-    return result, syncs
 
 
 @pytest.mark.parametrize("name", SOLVERS)

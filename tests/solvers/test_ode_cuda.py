@@ -7,13 +7,13 @@ Skipped without a CUDA device. Host syncs are counted with
 
 from __future__ import annotations
 
-import warnings
 
 import pytest
 import torch
 
 import pycdeq
 from pycdeq import GMRES, Status, Termination, Tsit5
+from _cuda_sync import count_syncs  # a sibling module: pytest puts tests/solvers on sys.path
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -27,17 +27,6 @@ def problem(device, batch=6, dim=32, seed=0):
     scale = torch.linspace(0.3, 1.0, batch, dtype=torch.float64)[:, None]  # samples stop apart
     return tuple(t.to(device) for t in (w, x, scale))
 
-
-def count_syncs(run):
-    torch.cuda.synchronize()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        torch.cuda.set_sync_debug_mode("warn")
-        try:
-            result = run()
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-    return result, sum("synchroniz" in str(w.message).lower() for w in caught)
 
 
 def test_cuda_steady_state_matches_cpu_and_syncs_every_eighth_step():

@@ -177,11 +177,8 @@ class DEQ(nn.Module):
         if getattr(self.solver, "compact", False):
             _check_independent(self.f)
 
-            def fn(z, index=None):  # a compacting solver passes the rows it evaluates
-                return self.f(z, x_solve if index is None else x_solve.index_select(0, index))
-        else:
-            def fn(z):
-                return self.f(z, x_solve)
+        def fn(z, index=None):  # a compacting solver passes the rows it evaluates
+            return self.f(z, x_solve if index is None else x_solve.index_select(0, index))
 
         if self.fixed_depth > 0:
             solution = self._unrolled(fn, z0)

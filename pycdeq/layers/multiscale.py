@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-import torch
 from torch import nn
 
 from .deq import DEQ

@@ -5,7 +5,9 @@ Writes ``training_deq_vs_node.{json,md}`` and ``training_skip.{json,md}``.
 
 Item 1: the paper's models built by :func:`pycdeq.models.build_model` with the paper's solver
 settings (:mod:`pycdeq.models.defaults`), the Neural ODE being the same ``f`` integrated over
-``[0, 1]`` with backprop through the steps. All competitors start from the same weights
+``[0, 1]``, differentiated two ways: with the continuous (backsolve) adjoint, the paper's
+baseline, and with backprop through the steps; the DEQ must beat both. On MNIST-dense the DEQ
+also runs with a fixed-point adjoint (``_lean_adjoint``). All competitors start from the same weights
 (copied), see the same batches in the same order and take the same number of Adam steps,
 interleaved step by step (A, B, A, B, ...) so machine load hits them alike. Reported: train
 time (sum of the timed steps), median forward / backward time per batch, median predict time
@@ -14,7 +16,7 @@ MNIST-dense runs on Fashion-MNIST (a subset; synthetic MNIST-shaped data where t
 missing), the CIFAR-10 small MDEQ on synthetic CIFAR-shaped data with a small batch and few
 steps (timing only).
 
-Item 2: vanilla, Skip Reg. and Skip continuous DEQs (MNIST-dense, paper solver settings,
+Item 2: vanilla, Skip Reg. and Skip continuous DEQs and the two Neural ODEs (MNIST-dense, paper solver settings,
 ``lambda_skip = 5.0`` as in the released script and ``pycdeq run mnist-dense``) trained
 interleaved for the same number of steps on a Fashion-MNIST subset (scikit-learn's digits
 where the files are missing), then evaluated on the test split: train time and test nfe
@@ -37,7 +39,7 @@ from typing import Callable, Dict, List, Optional
 import torch
 import torch.nn.functional as F
 
-from pycdeq import Termination, Tsit5
+from pycdeq import FixedPoint, FixedPointAdjoint, Termination
 from pycdeq.data import DatasetNotFoundError, load_dataset
 from pycdeq.layers import NonConvergenceWarning
 from pycdeq.models import build_model, defaults
@@ -212,66 +214,94 @@ def _item1_data(architecture: str, batch: int, steps: int, seed: int = 0):
     return data, f"synthetic {shape}-shaped data"
 
 
-def _tuned_solver(architecture: str):
-    """The paper's steady-state test with the loosest integrator tolerance the ODE options
-    allow (tau / 5) instead of OrdinaryDiffEq's atol = 1e-6 (shows what the default costs)."""
+def _lean_adjoint(architecture: str) -> FixedPointAdjoint:
+    """Plain fixed-point iteration on the adjoint equation at the paper's tolerance and VJP budget:
+    one VJP and a few vector operations per iteration, and three state-sized buffers (GMRES keeps a
+    Krylov basis of ``max_iter + 1``). Converges when ``f`` is a contraction at ``z*``."""
     settings = defaults.PAPER_SETTINGS[architecture]
-    tol = settings.tolerance / 5
-    return Tsit5(rtol=tol, atol=tol, termination=Termination(mode="rel", reltol=settings.tolerance),
-                 max_steps=settings.max_steps)
+    return FixedPointAdjoint(FixedPoint(max_iter=settings.adjoint_max_iter,
+                                        termination=Termination(mode="rel", reltol=settings.tolerance)))
+
+
+#: Item 1's competitors: label -> (variant, build_model options or a function of the architecture).
+ITEM1 = {
+    "continuous DEQ": ("vanilla", {}),
+    "continuous DEQ, fixed-point adjoint": ("vanilla", lambda arch: {"adjoint": _lean_adjoint(arch)}),
+    # The paper's baseline: OrdinaryDiffEq + InterpolatingAdjoint, a continuous adjoint.
+    "Neural ODE (continuous adjoint)": ("node", {"adjoint": "backsolve"}),
+    "Neural ODE (backprop)": ("node", {}),
+}
+PAPER_NODE, BACKPROP_NODE = "Neural ODE (continuous adjoint)", "Neural ODE (backprop)"
 
 
 def deq_vs_node(architecture: str, device: torch.device, *, batch: int, steps: int, repeats: int,
-                tuned: bool) -> tuple:
+                labels: List[str]) -> tuple:
     """Rows and a notes paragraph for one architecture."""
     data, data_name = _item1_data(architecture, batch, steps + 1)
-    models = {"continuous DEQ": seeded_model(architecture, "vanilla", device)}
-    if tuned:
-        models["continuous DEQ, integrator tol tau/5"] = seeded_model(
-            architecture, "vanilla", device, solver=_tuned_solver(architecture))
-    models["Neural ODE (backprop)"] = seeded_model(architecture, "node", device)
-    for name, model in models.items():
-        if name != "continuous DEQ":
-            copy_shared_weights(models["continuous DEQ"], model)
+    models = {}
+    for label in labels:
+        variant, options = ITEM1[label]
+        models[label] = seeded_model(architecture, variant, device,
+                                     **(options(architecture) if callable(options) else options))
+        if label != "continuous DEQ":
+            copy_shared_weights(models["continuous DEQ"], models[label])
     trainers = {name: TimedTrainer(m, device) for name, m in models.items()}
     with quiet_nonconvergence():
         records = train_interleaved(trainers, batches_of(data.train.x, data.train.y, batch, steps + 1, device))
         # The big model is warm from training: its untimed predict round would cost seconds.
         predicted = predict_interleaved(models, data.test.x[:batch].to(device), repeats, device,
                                         warmup=1 if architecture == "mnist-dense" else 0)
-    base = sum(r["total"] for r in records["Neural ODE (backprop)"])
+    train_time = {name: sum(r["total"] for r in recs) for name, recs in records.items()}
     target = 3.0 if architecture == "mnist-dense" else 2.0
     rows = []
     for name, recs in records.items():
-        train = sum(r["total"] for r in recs)
+        train = train_time[name]
         forward_ms = _harness.median([r["forward"] for r in recs]) * 1e3
         row = {"model": architecture, "method": name, "batch": batch, "steps": steps, "train_s": train,
+               "speedup_vs_paper_node": train_time[PAPER_NODE] / train,
+               "speedup_vs_backprop_node": train_time[BACKPROP_NODE] / train,
                "forward_ms": forward_ms, "backward_ms": _harness.median([r["backward"] for r in recs]) * 1e3,
                "predict_ms": predicted[name]["time"] * 1e3, "train_nfe": _mean(r["nfe"] for r in recs),
                "fwd_ms_per_nfe": forward_ms / _mean(r["nfe"] for r in recs),
                "adjoint_vjps": _mean(r["vjps"] for r in recs), "predict_nfe": predicted[name]["nfe"],
-               "nonconverged": sum(r["nonconverged"] for r in recs), "speedup_vs_node": base / train}
+               "nonconverged": sum(r["nonconverged"] for r in recs)}
         if name == "continuous DEQ":
-            row["target"] = f">= {target:g}x"
-            row["target_met"] = bool(base / train >= target)
+            # Judged against both baselines: the paper's (continuous adjoint) and the faster
+            # discretise-then-optimise one; met only if faster than both by the factor.
+            row["target"] = f">= {target:g}x both"
+            row["target_met"] = bool(min(row["speedup_vs_paper_node"], row["speedup_vs_backprop_node"]) >= target)
         rows.append(row)
-    met = rows[0]["target_met"]
+    by = {r["method"]: r for r in rows}
+    deq = by["continuous DEQ"]
     notes = (f"**{architecture}** ({data_name}, batch {batch}, {steps} timed Adam steps after one warm-up "
-             f"step, predict: median of {repeats}): continuous DEQ trains "
-             f"**{rows[0]['speedup_vs_node']:.2f}x** as fast as the Neural ODE; target >= {target:g}x "
-             f"{'met' if met else '**missed**'}.")
-    if not met:
-        deq, node = rows[0], rows[-1]
-        notes += (f" Where the time goes: forward {deq['forward_ms']:.0f} vs {node['forward_ms']:.0f} ms per batch "
-                  f"with {deq['train_nfe']:.0f} vs {node['train_nfe']:.0f} f evaluations "
-                  f"({deq['fwd_ms_per_nfe']:.2f} vs {node['fwd_ms_per_nfe']:.2f} ms each: the solver overhead is "
-                  f"comparable, the steady-state solve simply evaluates f "
-                  f"{deq['train_nfe'] / node['train_nfe']:.1f}x as often as the Neural ODE's integration to t = 1); "
-                  f"backward {deq['backward_ms']:.0f} ms ({deq['adjoint_vjps']:.0f} GMRES VJPs) vs "
-                  f"{node['backward_ms']:.0f} ms (backprop through the steps).")
+             f"step, predict: median of {repeats}): the continuous DEQ (paper settings: GMRES adjoint) trains "
+             f"**{deq['speedup_vs_paper_node']:.2f}x** as fast as the paper's Neural ODE baseline (continuous "
+             f"adjoint) and **{deq['speedup_vs_backprop_node']:.2f}x** as fast as the Neural ODE with backprop "
+             f"through the steps; target >= {target:g}x {'met' if deq['target_met'] else '**missed**'}.")
+    if deq["nonconverged"]:
+        method = type(models["continuous DEQ"].deq.solver).__name__
+        notes += (f" {deq['nonconverged']} of the DEQ's {batch * steps} sample solves ran out of the paper's step "
+                  f"budget ({method}, max_steps {defaults.PAPER_SETTINGS[architecture].max_steps}) without passing "
+                  f"the steady-state test: that cap, not convergence, sets the forward cost here, as in the "
+                  f"reference's runs.")
+    lean = by.get("continuous DEQ, fixed-point adjoint")
+    if lean is not None:
+        notes += (f" With the fixed-point adjoint: {lean['speedup_vs_paper_node']:.2f}x / "
+                  f"{lean['speedup_vs_backprop_node']:.2f}x (backward {lean['backward_ms']:.0f} vs "
+                  f"{deq['backward_ms']:.0f} ms).")
+    if not deq["target_met"]:
+        paper, backprop = by[PAPER_NODE], by[BACKPROP_NODE]
+        notes += (f" Where the time goes: forward {deq['forward_ms']:.0f} vs {backprop['forward_ms']:.0f} ms per "
+                  f"batch with {deq['train_nfe']:.0f} vs {backprop['train_nfe']:.0f} f evaluations "
+                  f"({deq['fwd_ms_per_nfe']:.2f} vs {backprop['fwd_ms_per_nfe']:.2f} ms each: the per-evaluation "
+                  f"cost is comparable, the steady-state solve evaluates f "
+                  f"{deq['train_nfe'] / backprop['train_nfe']:.1f}x as often as the Neural ODE's integration to "
+                  f"t = 1); backward {deq['backward_ms']:.0f} ms ({deq['adjoint_vjps']:.0f} GMRES VJPs) vs "
+                  f"{paper['backward_ms']:.0f} ms (continuous adjoint) and {backprop['backward_ms']:.0f} ms "
+                  f"(backprop through the steps).")
         x, y = data.train.x[:batch].to(device), data.train.y[:batch].to(device)
         with quiet_nonconvergence():
-            for name in ("continuous DEQ", "Neural ODE (backprop)"):
+            for name in ("continuous DEQ", BACKPROP_NODE):
                 trainer = TimedTrainer(models[name], device)
                 notes += (f"\n\nProfile of one training step, {name} ({architecture}):\n\n"
                           + profile_table(lambda: trainer.step(x, y), device))
@@ -297,10 +327,17 @@ def _evaluate(model, x, y, batch: int) -> dict:
             logits, solution = model(xb)
             nfe.append(solution.nfe)
             iterations.append(float(solution.iterations.float().mean()))
-            start.append(_start_residual(model, xb))
+            if getattr(model.deq, "variant", None) != "node":
+                start.append(_start_residual(model, xb))
             correct += int((logits.argmax(1) == yb).sum())
     return {"test_nfe": _mean(nfe), "test_mean_steps": _mean(iterations), "test_start_residual": _mean(start),
             "test_acc": correct / len(y)}
+
+
+#: Item 2's competitors: name -> (variant, build_model options). The Neural ODEs (same f, same
+#: start weights, [0, 1]) put the DEQ variants' training cost next to the paper's baseline.
+ITEM2 = {"vanilla": ("vanilla", {}), "skip_reg": ("skip_reg", {}), "skip": ("skip", {}),
+         "node (continuous adjoint)": ("node", {"adjoint": "backsolve"}), "node (backprop)": ("node", {})}
 
 
 def skip_vs_vanilla(device: torch.device, *, batch: int, steps: int, dataset: str = "digits") -> tuple:
@@ -314,41 +351,52 @@ def skip_vs_vanilla(device: torch.device, *, batch: int, steps: int, dataset: st
     if data is None:
         data = load_dataset(dataset)
         options["input_shape"] = data.input_shape
-    models = {v: seeded_model("mnist-dense", v, device, **options) for v in ("vanilla", "skip_reg", "skip")}
-    for variant in ("skip_reg", "skip"):
-        copy_shared_weights(models["vanilla"], models[variant])
-    trainers = {v: TimedTrainer(m, device, lambda_skip=LAMBDA_SKIP_ITEM2) for v, m in models.items()}
+    models = {name: seeded_model("mnist-dense", variant, device, **options, **extra)
+              for name, (variant, extra) in ITEM2.items()}
+    for name in list(ITEM2)[1:]:
+        copy_shared_weights(models["vanilla"], models[name])
+    trainers = {name: TimedTrainer(m, device, lambda_skip=LAMBDA_SKIP_ITEM2) for name, m in models.items()}
     x_test, y_test = data.test.x.to(device), data.test.y.to(device)
     with quiet_nonconvergence():
         records = train_interleaved(trainers, batches_of(data.train.x, data.train.y, batch, steps + 1, device))
-        evaluated = {v: _evaluate(m, x_test, y_test, 128) for v, m in models.items()}
-    base_train = sum(r["total"] for r in records["vanilla"])
+        evaluated = {name: _evaluate(m, x_test, y_test, 128) for name, m in models.items()}
+    train_time = {name: sum(r["total"] for r in recs) for name, recs in records.items()}
     base_nfe = evaluated["vanilla"]["test_nfe"]
     rows = []
-    for variant, recs in records.items():
-        train = sum(r["total"] for r in recs)
+    for name, recs in records.items():
+        train = train_time[name]
         tail = recs[-max(1, len(recs) // 4):]
-        row = {"variant": variant, "steps": steps, "batch": batch, "train_s": train,
-               "speedup_vs_vanilla": base_train / train, "train_nfe_last_quarter": _mean(r["nfe"] for r in tail),
-               **evaluated[variant], "test_nfe_vs_vanilla": evaluated[variant]["test_nfe"] / base_nfe}
-        if variant == "skip_reg":
+        row = {"variant": name, "steps": steps, "batch": batch, "train_s": train,
+               "speedup_vs_vanilla": train_time["vanilla"] / train,
+               "speedup_vs_paper_node": train_time["node (continuous adjoint)"] / train,
+               "speedup_vs_backprop_node": train_time["node (backprop)"] / train,
+               "train_nfe_last_quarter": _mean(r["nfe"] for r in tail),
+               **evaluated[name], "test_nfe_vs_vanilla": evaluated[name]["test_nfe"] / base_nfe}
+        if name == "skip_reg":
             row["target"] = ">= 3x speed, <= 1/3 nfe"
             row["target_met"] = bool(row["speedup_vs_vanilla"] >= 3 and row["test_nfe_vs_vanilla"] <= 1 / 3)
         rows.append(row)
-    reg = rows[1]
+    by = {r["variant"]: r for r in rows}
+    reg = by["skip_reg"]
+    deqs = [r for r in rows if not r["variant"].startswith("node")]
     tolerance = defaults.PAPER_SETTINGS["mnist-dense"].tolerance
-    nfe_list = ", ".join(f"{r['variant']} {r['train_nfe_last_quarter']:.0f}" for r in rows)
-    start_list = ", ".join(f"{r['variant']} {r['test_start_residual']:.2g}" for r in rows)
+    nfe_list = ", ".join(f"{r['variant']} {r['train_nfe_last_quarter']:.0f}" for r in deqs)
+    start_list = ", ".join(f"{r['variant']} {r['test_start_residual']:.2g}" for r in deqs)
     notes = (f"{dataset} ({len(data.train.y)} train / {len(y_test)} test samples), MNIST-dense continuous DEQs "
-             f"with the paper's settings, lambda_skip = {LAMBDA_SKIP_ITEM2}, {steps} timed Adam steps (lr {LR}) of "
-             f"batch {batch} after one warm-up step, interleaved. test_nfe: f calls per test batch of 128 (the "
-             f"slowest sample's), test_mean_steps: mean ODE steps per sample. Skip Reg. trains "
-             f"**{reg['speedup_vs_vanilla']:.2f}x** as fast with **{reg['test_nfe_vs_vanilla']:.2f}x** the test nfe; "
-             f"target >= 3x and <= 0.33x {'met' if reg['target_met'] else '**missed**'}. test_start_residual: "
-             f"mean ||f(z0) - z0|| / ||f(z0)|| of each variant's initial guess on the test set (the solve stops "
-             f"at {tolerance:g}).")
+             f"with the paper's settings, lambda_skip = {LAMBDA_SKIP_ITEM2}, and the Neural ODE on the same f "
+             f"over [0, 1] with either gradient; {steps} timed Adam steps (lr {LR}) of "
+             f"batch {batch} after one warm-up step, interleaved, all from the same weights. test_nfe: f calls "
+             f"per test batch of 128 (the slowest sample's), test_mean_steps: mean ODE steps per sample. Skip "
+             f"Reg. trains **{reg['speedup_vs_vanilla']:.2f}x** as fast as vanilla with "
+             f"**{reg['test_nfe_vs_vanilla']:.2f}x** the test nfe; target >= 3x and <= 0.33x "
+             f"{'met' if reg['target_met'] else '**missed**'}. Against the Neural ODE over the whole run: Skip Reg. "
+             f"**{reg['speedup_vs_paper_node']:.2f}x** (continuous adjoint, the paper's baseline) and "
+             f"**{reg['speedup_vs_backprop_node']:.2f}x** (backprop), vanilla "
+             f"{by['vanilla']['speedup_vs_paper_node']:.2f}x and {by['vanilla']['speedup_vs_backprop_node']:.2f}x. "
+             f"test_start_residual: mean ||f(z0) - z0|| / ||f(z0)|| of each DEQ variant's initial guess on the "
+             f"test set (the solve stops at {tolerance:g}).")
     if not reg["target_met"]:
-        far = all(r["test_start_residual"] > 10 * tolerance for r in rows)
+        far = all(r["test_start_residual"] > 10 * tolerance for r in deqs)
         notes += (f" Where the time goes: each step is dominated by the forward solve, whose nfe are {nfe_list} "
                   f"(last quarter of the steps); the start residuals are {start_list}"
                   + (", all far above the tolerance: an ODE solve from residual r0 needs time about "
@@ -366,19 +414,21 @@ def run(quick: bool = False, device: str = "cpu", out_dir: Optional[Path] = None
     dev = resolve_device(device)
     cuda = dev.type == "cuda"
     rows, notes = [], []
-    for arch, batch, steps, repeats, tuned in (
-            ("mnist-dense", 128, 6 if quick else 20, 3 if quick else 7, True),
+    for arch, batch, steps, repeats, labels in (
+            ("mnist-dense", 128, 6 if quick else 20, 3 if quick else 7, list(ITEM1)),
             ("cifar10-small", (32 if cuda else 4), (2 if quick else 4) if cuda else (1 if quick else 2),
-             2 if quick else 3, False)):
-        r, n = deq_vs_node(arch, dev, batch=batch, steps=steps, repeats=repeats, tuned=tuned)
+             2 if quick else 3, ["continuous DEQ", PAPER_NODE, BACKPROP_NODE])):
+        r, n = deq_vs_node(arch, dev, batch=batch, steps=steps, repeats=repeats, labels=labels)
         rows += r
         notes.append(n)
-    notes.append("speedup_vs_node = Neural ODE train time / this train time (> 1: faster than the Neural "
-                 "ODE). fwd_ms_per_nfe = forward time / forward nfe: about the same for all methods means "
+    notes.append("speedup_vs_paper_node / speedup_vs_backprop_node = that Neural ODE's train time / this "
+                 "train time (> 1: faster). The paper's Neural ODE baseline differentiates with a continuous "
+                 "adjoint (InterpolatingAdjoint); pycdeq's is the backsolve adjoint (the same cost class: one "
+                 "backward integration of the state, the adjoint and the parameter gradient). fwd_ms_per_nfe = forward time / forward nfe: about the same for all methods means "
                  "the difference is the number of f evaluations, not solver overhead.")
     _harness.write_results(
         "training_deq_vs_node", rows,
-        ["model", "method", "batch", "steps", "train_s", "speedup_vs_node", "target", "target_met", "forward_ms",
+        ["model", "method", "batch", "steps", "train_s", "speedup_vs_paper_node", "speedup_vs_backprop_node", "target", "target_met", "forward_ms",
          "backward_ms", "predict_ms", "train_nfe", "fwd_ms_per_nfe", "adjoint_vjps", "predict_nfe",
          "nonconverged"],
         title=f"Continuous DEQ vs Neural ODE: training speed (issue 7 item 1, {dev.type})",
@@ -387,8 +437,10 @@ def run(quick: bool = False, device: str = "cpu", out_dir: Optional[Path] = None
     _harness.write_results(
         "training_skip", rows,
         ["variant", "batch", "steps", "train_s", "speedup_vs_vanilla", "test_nfe", "test_nfe_vs_vanilla",
-         "target", "target_met", "test_mean_steps", "test_start_residual", "test_acc", "train_nfe_last_quarter"],
-        title=f"Skip Reg. / Skip vs vanilla continuous DEQ (issue 7 item 2, {dev.type})", notes=note,
+         "target", "target_met", "speedup_vs_paper_node", "speedup_vs_backprop_node", "test_mean_steps",
+         "test_start_residual", "test_acc", "train_nfe_last_quarter"],
+        title=f"Skip Reg. / Skip vs vanilla continuous DEQ, and the Neural ODE (issue 7 item 2, {dev.type})",
+        notes=note,
         out_dir=out_dir)
     return ["training_deq_vs_node", "training_skip"]
 

@@ -9,6 +9,12 @@ matrix products against the whole basis, kept in a preallocated buffer). The lea
 problem is updated with Givens rotations, which give the residual norm ``|gamma_{j+1}|``
 without extra products; the small triangular systems are solved once per restart cycle,
 each sample on the leading block of the step where it stopped.
+
+Cost: on a small dense operator an Arnoldi step is a few dozen tiny batched ops around one
+product, and their number is what GMRES costs there. So a step does a fixed number of ops
+(none loops over earlier steps), writes into the cycle's buffers in place unless autograd
+records, and leaves whatever can wait (R, per-sample iterations and residuals) to one
+batched computation at the end of the cycle.
 """
 
 from __future__ import annotations
@@ -17,12 +23,37 @@ from typing import Callable, Tuple
 
 import torch
 
-from ..solvers._state import history_combine, history_dot, write_slot
+from ..solvers._state import SMALL_PRODUCT
+
+# Products of one vector per sample with the basis, in the layout of an Arnoldi step: vectors
+# (B, 1, d), coefficients (B, 1, n), the basis ``known`` (B, n, d) and its transposed view
+# ``known_t``. ``small``: the size rule of history_dot / history_combine, under which the
+# elementwise form beats bmm (which hands tiny products to a slow per-sample loop on CPU).
 
 
-def _safe_divide(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
-    ok = denominator > 0
-    return torch.where(ok[:, None], numerator / torch.where(ok, denominator, 1)[:, None], 0)
+def _dots(w: torch.Tensor, known: torch.Tensor, known_t: torch.Tensor, small: bool) -> torch.Tensor:
+    """``known . w`` -> (B, 1, n)."""
+    return (known * w).sum(dim=2)[:, None] if small else torch.bmm(w, known_t)
+
+
+def _add_combination(w: torch.Tensor, h: torch.Tensor, known: torch.Tensor, small: bool,
+                     subtract: bool = False) -> torch.Tensor:
+    """``w + sum_i h_i known_i`` (or ``w - ...``), in one op: no separate pass over ``w``."""
+    if small:
+        combination = (h.transpose(1, 2) * known).sum(dim=1, keepdim=True)
+        return w - combination if subtract else w + combination
+    return torch.baddbmm(w, h, known, alpha=-1 if subtract else 1)
+
+
+def _normalized_into(slot: torch.Tensor, w: torch.Tensor, norm: torch.Tensor, recording: bool) -> None:
+    """``slot = w / norm``, and 0 where ``norm`` is 0 (``w = 0``) or NaN: nan_to_num clears 0 / 0
+    and a NaN ``w``, so that a later NaN cannot reach the solution of a sample that stopped
+    before. Under autograd the division is by inf there instead (a finite gradient), and out
+    of place (autograd records no ``out=``)."""
+    if recording:
+        slot.copy_(torch.nan_to_num(w / torch.where(norm > 0, norm, float("inf")), nan=0.0))
+    else:
+        torch.div(w, norm, out=slot).nan_to_num_(nan=0.0)
 
 
 def batched_gmres(
@@ -40,12 +71,24 @@ def batched_gmres(
     ``(batch,)``. A sample stops once ``||rhs - A x|| <= max(atol, rtol * ||rhs||)``; its ``x``
     is frozen from then on. ``max_iter`` counts operator products, restarts included."""
     batch, dim = rhs.shape
+    dtype, device = rhs.dtype, rhs.device
+    on_cpu = device.type == "cpu"
     threshold = torch.clamp(rtol * torch.linalg.vector_norm(rhs, dim=1), min=atol)
+    # 0-d constants: torch.where and comparisons with them are one op each (a Python number
+    # is converted to a tensor on every call).
+    one, zero, inf = rhs.new_ones(()), rhs.new_zeros(()), rhs.new_full((), float("inf"))
+    # Maps a pair (a, b) to the entries (c, -s, s, c) of G^T, G = [[c, s], [-s, c]] the Givens
+    # rotation that zeroes b, up to the factor 1 / hypot(a, b): one small product builds every
+    # sample's rotation at once. (Filled in place: a host-to-device copy would sync on CUDA.)
+    rotation_t_from_pair = rhs.new_zeros(2, 4)
+    rotation_t_from_pair[0, 0] = rotation_t_from_pair[0, 3] = rotation_t_from_pair[1, 2] = 1
+    rotation_t_from_pair[1, 1] = -1
+    identity_rotation = torch.eye(2, dtype=dtype, device=device)
     x = x0
-    iterations = torch.zeros(batch, dtype=torch.long, device=rhs.device)
-    active = torch.ones(batch, dtype=torch.bool, device=rhs.device)
+    iterations = torch.zeros(batch, dtype=torch.long, device=device)
+    active = torch.ones(batch, dtype=torch.bool, device=device)
     products = 0
-    residual_norm = torch.full((batch,), float("inf"), dtype=rhs.dtype, device=rhs.device)
+    residual_norm = torch.full((batch,), float("inf"), dtype=dtype, device=device)
     while products < max_iter:
         residual = rhs - operator(x)
         products += 1
@@ -55,69 +98,105 @@ def batched_gmres(
         if products >= max_iter or not bool(active.any()):
             break
         size = min(restart, max_iter - products)
-        basis = write_slot(rhs.new_empty(batch, size + 1, dim), 0, _safe_divide(residual, beta))
-        hessenberg = rhs.new_zeros(batch, size + 1, size)
-        cosines, sines = [], []
-        gamma = rhs.new_zeros(batch, size + 1)
-        gamma[:, 0] = beta
-        # Per sample, the Arnoldi step whose solution it keeps: the step where it stopped, or
-        # the cycle's last one; -1 for samples that sat the whole cycle out.
-        last_step = torch.full((batch,), -1, dtype=torch.long, device=rhs.device)
+        basis = rhs.new_empty(batch, size + 1, dim)
+        recording = torch.is_grad_enabled() and residual.requires_grad
+        _normalized_into(basis[:, 0], residual, beta[:, None], recording)
+        basis_t = basis.transpose(1, 2)
+        # Row j: the Hessenberg column j as Arnoldi made it, [h, h_next, 0...] (that is H^T,
+        # one contiguous row per step). It is rotated into R once, at the end of the cycle.
+        hessenberg_t = rhs.new_zeros(batch, size, size + 1)
+        # Q^T, Q the product of the Givens rotations so far, one orthogonal matrix per sample:
+        # a new column's rotation comes from one small product with two columns of Q^T (no
+        # loop over the earlier rotations, which made GMRES cost ~10x its products on a small
+        # dense f). Row 0 of Q^T is the rotated right-hand side gamma / beta (gamma = Q beta
+        # e_1): the residual estimate after step j, |gamma_{j+1}|, is beta |Q^T[0, j+1]|.
+        rotations_t = torch.eye(size + 1, dtype=dtype, device=device).expand(batch, -1, -1).clone()
+        # |gamma_{j+1}| <= threshold, tested as |gamma_{j+1}| / beta <= threshold / beta; inf for
+        # the samples that sat the cycle out, so that "all passed" means "none still runs".
+        bound = torch.where(active, threshold / beta, inf)
         steps = 0
         for j in range(size):
-            w = operator(basis[:, j])
+            w = operator(basis.select(1, j))[:, None]  # (B, 1, d)
             products += 1
-            known = basis[:, : j + 1]  # (B, j+1, d)
-            h = history_dot(known, w)
-            w = w - history_combine(h, known)
-            correction = history_dot(known, w)  # re-orthogonalise once
-            w = w - history_combine(correction, known)
-            h = h + correction
-            h_next = torch.linalg.vector_norm(w, dim=1)
-            basis = write_slot(basis, j + 1, _safe_divide(w, h_next))
-            # Apply the previous rotations to the new column, then one new rotation that
-            # zeroes its subdiagonal entry.
-            column = list(h.unbind(dim=1)) + [h_next]
-            for i, (c, s) in enumerate(zip(cosines, sines)):
-                column[i], column[i + 1] = c * column[i] + s * column[i + 1], -s * column[i] + c * column[i + 1]
-            radius = torch.sqrt(column[j] ** 2 + column[j + 1] ** 2)
-            nonzero = radius > 0
-            c = torch.where(nonzero, column[j] / torch.where(nonzero, radius, 1), 1)
-            s = torch.where(nonzero, column[j + 1] / torch.where(nonzero, radius, 1), 0)
-            cosines.append(c)
-            sines.append(s)
-            column[j], column[j + 1] = radius, torch.zeros_like(radius)
-            gamma_j = gamma[:, j]
-            if torch.is_grad_enabled():
-                # Recorded for a second derivative (backward with create_graph): earlier
-                # values of these buffers are saved for backward, so write into copies.
-                hessenberg, gamma = hessenberg.clone(), gamma.clone()
-            hessenberg[:, : j + 2, j] = torch.stack(column, dim=1)
-            gamma[:, j + 1] = -s * gamma_j
-            gamma[:, j] = c * gamma_j
-            estimate = gamma[:, j + 1].abs()
-            residual_norm = torch.where(active, estimate, residual_norm)
-            iterations = torch.where(active, iterations + 1, iterations)
-            last_step = torch.where(active, j, last_step)
-            active = active & ~(estimate <= threshold)
+            known, known_t = basis[:, : j + 1], basis_t[:, :, : j + 1]  # (B, j+1, d), (B, d, j+1)
+            small = on_cpu and (j + 1) * dim < SMALL_PRODUCT
+            h = _dots(w, known, known_t, small)  # (B, 1, j+1)
+            w = _add_combination(w, h, known, small, subtract=True)
+            correction = _dots(w, known, known_t, small)  # re-orthogonalise once
+            w = _add_combination(w, correction, known, small, subtract=True)
+            h_next = torch.linalg.vector_norm(w, dim=2, keepdim=True)  # (B, 1, 1)
+            # Recorded for a second derivative (backward with create_graph)? Then earlier
+            # values of the buffers are saved for backward: write into copies, with ops that
+            # autograd records (no out=). Otherwise straight into the buffers.
+            recording = torch.is_grad_enabled() and (w.requires_grad or basis.requires_grad)
+            if recording:
+                basis, hessenberg_t = basis.clone(), hessenberg_t.clone()
+                basis_t = basis.transpose(1, 2)
+            _normalized_into(basis[:, j + 1: j + 2], w, h_next, recording)
+            column = hessenberg_t[:, j: j + 1, : j + 2]  # row j of H^T: [h, h_next]
+            if recording:
+                column.copy_(torch.cat([h + correction, h_next], dim=2))
+            else:
+                torch.cat([h + correction, h_next], dim=2, out=column)
+            # Columns j, j+1 of Q^T down to row j+1 (below, both are 0): rows j and j+1 of Q,
+            # of which row j+1 is still the identity's. The new rotation G acts on the pair
+            # (a, b) = (Q_j . column, h_next) they make of the column: [[c, s], [-s, c]] with
+            # (c, s) = (a, b) / hypot(a, b) zeroes b, or the identity where a = b = 0 (or NaN).
+            block = rotations_t[:, : j + 2, j: j + 2]  # (B, j+2, 2)
+            pair = torch.bmm(column, block)  # (B, 1, 2)
+            radius = torch.linalg.vector_norm(pair, dim=2, keepdim=True)
+            nonzero = radius > zero
+            unscaled = (pair @ rotation_t_from_pair).view(batch, 2, 2)
+            # (Where radius is 0 the where drops the division's NaN, but under autograd it would
+            # still reach the gradient: divide by 1 there.)
+            divisor = torch.where(nonzero, radius, one) if recording else radius
+            rotation_t = torch.where(nonzero, unscaled / divisor, identity_rotation)
+            rotated = torch.bmm(block, rotation_t)
+            if recording:  # block is saved for backward
+                rotations_t = rotations_t.clone()
+                rotations_t[:, : j + 2, j: j + 2] = rotated
+            else:
+                block.copy_(rotated)
             steps = j + 1
             if products >= max_iter:
                 break
-            if (j + 1) % check_every == 0 and not bool(active.any()):
+            # The estimates of a cycle never grow (|gamma_{j+1}| = |s_j gamma_j|, |s_j| <= 1),
+            # so a sample has stopped by now exactly where the current one has passed (the
+            # test on the true residual; NaN keeps running). The current one, Q^T[0, j+1], is
+            # read from the fresh small product, not from the large buffer.
+            if (j + 1) % check_every == 0 and bool((rotated[:, 0, 1].abs() <= bound).all()):
                 break
-        # Each sample's update from its own leading (k+1) x (k+1) block, k = last_step: rows
-        # and columns past k become the identity and their right-hand side 0, so one batched
-        # triangular solve gives y_{<=k} of the leading block and y_{>k} = 0.
-        index = torch.arange(steps, device=rhs.device)
-        keep = index[None, :] <= last_step[:, None]  # (B, steps)
-        eye = torch.eye(steps, dtype=rhs.dtype, device=rhs.device)
-        triangle = torch.where(keep[:, :, None] & keep[:, None, :], hessenberg[:, :steps, :steps], eye)
+        # The books of the cycle, per sample. The sine s_k stays in Q^T[k+1, k] (later
+        # rotations leave it alone), so the estimates of all steps are one cumulative product,
+        # in the order the steps multiplied them into gamma. A sample took the steps up to its
+        # first passing estimate, or all of them; none if it sat the cycle out.
+        estimates = torch.cumprod(rotations_t.diagonal(-1, 1, 2)[:, :steps].abs(), dim=1)  # (B, steps)
+        passed = (estimates <= bound[:, None]).cummax(dim=1).values  # at this step or before
+        taken = active * (steps - passed[:, :-1].sum(dim=1))
+        last_step = taken - 1
+        ran = taken > 0
+        estimate = beta * estimates.gather(1, last_step.clamp(min=0)[:, None])[:, 0]
+        residual_norm = torch.where(ran, estimate, residual_norm)
+        iterations = iterations + taken
+        active = active & ~passed[:, -1]
+        # R^T = H^T Q^T (its square part) in one product: a later rotation acts on rows below a
+        # column's last nonzero, so the final Q rotates each column as the Q of its own step did.
+        r_t = torch.bmm(hessenberg_t[:, :steps, : steps + 1], rotations_t[:, : steps + 1, :steps])
+        # Each sample's update from its own leading (k+1) x (k+1) block, k = last_step, solved
+        # as y^T R^T = gamma^T: rows of R^T (columns of R) past k become the identity's and
+        # their right-hand side 0, so one batched triangular solve gives y_{<=k} of the
+        # leading block and y_{>k} = 0. (Rotations of later steps touch rows of Q past k
+        # only, so the final Q holds step k's gamma_{<=k}.)
+        keep = torch.arange(steps, device=device) < taken[:, None]  # (B, steps)
+        eye = torch.eye(steps, dtype=dtype, device=device)
+        triangle = torch.where(keep[:, :, None], r_t, eye)
         diagonal = triangle.diagonal(dim1=1, dim2=2)
-        triangle = triangle + torch.diag_embed((diagonal == 0).to(rhs.dtype))  # breakdown guard
-        y = torch.linalg.solve_triangular(triangle, torch.where(keep, gamma[:, :steps], 0)[..., None],
-                                          upper=True)[..., 0]
-        candidate = x + history_combine(y, basis[:, :steps])
-        x = torch.where((last_step >= 0)[:, None], candidate, x)
+        diagonal.copy_(torch.where(diagonal == zero, one, diagonal))  # breakdown guard
+        gamma = torch.where(keep, beta[:, None] * rotations_t[:, 0, :steps], zero)
+        y = torch.linalg.solve_triangular(triangle, gamma[:, None], upper=False, left=False)  # (B, 1, steps)
+        small = on_cpu and steps * dim < SMALL_PRODUCT
+        candidate = _add_combination(x[:, None], y, basis[:, :steps], small)[:, 0]
+        x = torch.where(ran[:, None], candidate, x)
         if not bool(active.any()):
             break
     converged = residual_norm <= threshold

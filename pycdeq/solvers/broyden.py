@@ -11,10 +11,15 @@ and the next step is ``z_{k+1} = z_k - H g_k``. Only the last ``memory`` pairs a
 ring buffer). A sample whose denominator ``v . dg`` is tiny (a stalled or frozen sample)
 skips its update instead of dividing by ~0.
 
-Cost per step beyond the ``fn`` call: four passes over the ``n <= memory`` stored pairs
-(``U^T dz`` and ``V^T [dg, g]`` reduce, ``V (U^T dz)`` and ``U (V^T [dg, g])`` expand; ``H dg``
-and ``H g`` share their passes), as batched matrix products over the filled slots only.
-``H_new g`` then follows from ``H g`` by the rank-one change, without another pass.
+Cost per step beyond the ``fn`` call: four products with the ``n <= memory`` stored pairs,
+each a pass over ``U`` or ``V`` with one vector per sample: ``V^T g`` and ``V (U^T dz)``, then
+``U (V^T g)`` and ``U^T dz'``, where ``dz'`` is the step just proposed. Every running sample
+takes exactly that step, so the next update finds its ``U^T dz`` computed; ``H dg = H g -
+H g_old`` needs no product of its own (``H g_old`` is kept from the previous step), and
+``H_new g`` follows from ``H g`` by the rank-one change. On CPU without autograd the update
+runs over blocks of rows (:data:`ROW_BYTES` per state vector): the temporaries stay in cache
+instead of being state-sized fresh allocations, and the two products with ``V`` (and the two
+with ``U``) run on one block in turn, so the second can find the block still in cache.
 """
 
 from __future__ import annotations
@@ -24,10 +29,16 @@ from dataclasses import dataclass
 import torch
 
 from .. import _checks
-from ._state import SMALL_PRODUCT, history_combine, history_dot, write_slot
+from ._state import history_combine, history_dot, write_slot
 from .discrete import DiscreteSolver
 
 _INF = float("inf")
+
+# Bytes of one state vector per block of rows (CPU, no autograd). A state-sized temporary is
+# a fresh allocation (often page-faulted anew) that goes through memory rather than cache;
+# blocks of about this size keep the update's dozen temporaries in cache and let the
+# allocator recycle them. Much smaller blocks cost more in per-op overhead than they save.
+ROW_BYTES = 512 << 10
 
 
 @dataclass(frozen=True)
@@ -42,7 +53,7 @@ class Broyden(DiscreteSolver):
 
     def init(self, z0, fz0):
         batch, dim = z0.shape
-        g = fz0 - z0
+        h_g = z0 - fz0  # H_0 g = -g: the first step is a Picard step
         # The buffers never hold more pairs than there are updates.
         slots = max(1, min(self.memory, self.max_iter))
         return {
@@ -50,59 +61,90 @@ class Broyden(DiscreteSolver):
             "v": z0.new_empty(batch, slots, dim),
             "slots": slots,
             "z": z0,
-            "g": g,
-            "h_g": -g,  # H_0 g = -g: the first step is a Picard step
+            "fz": fz0,  # g = fz - z is formed per block of rows, never stored
+            "h_g": h_g,  # H g; the solver's own tensor, overwritten in place without autograd
+            "proposal": z0 - h_g,
+            "u_dz": None,  # U^T (proposal - z), once U holds pairs
             "count": 0,
         }
 
     def propose(self, state) -> torch.Tensor:
-        return state["z"] - state["h_g"]  # z - H g
+        return state["proposal"]  # z - H g, formed by the update
 
     def update(self, state, z, fz, active) -> None:
         u, v, slots, count = state["u"], state["v"], state["slots"], state["count"]
-        n = min(count, slots)  # pairs in H now
-        g = fz - z
-        dz = z - state["z"]
-        dg = g - state["g"]
-        if n:
-            # H^T dz = -dz + V (U^T dz);  H [dg, g] = -[dg, g] + U (V^T [dg, g]).
-            un, vn = u[:, :n], v[:, :n]
-            v_new = history_combine(history_dot(un, dz), vn) - dz
-            if z.device.type == "cpu" and n * z.shape[1] < SMALL_PRODUCT:  # see history_dot
-                h_dg = history_combine(history_dot(vn, dg), un) - dg
-                h_g = history_combine(history_dot(vn, g), un) - g
-            else:
-                pair = torch.stack([dg, g], dim=1)  # (B, 2, d): one pass over V and U for both
-                h_pair = torch.bmm(torch.bmm(pair, vn.transpose(1, 2)), un) - pair
-                h_dg, h_g = h_pair[:, 0], h_pair[:, 1]
+        ring = (min(count, slots), count % slots, count >= slots)  # pairs, slot to write, full
+        old = (state["z"], state["fz"], state["h_g"], state["u_dz"])
+        batch, dim = z.shape
+        rows = batch
+        if z.device.type == "cpu" and not torch.is_grad_enabled():  # blocks write in place
+            rows = max(1, ROW_BYTES // (dim * z.element_size()))
+        if rows >= batch:
+            u, v, h_g, proposal, u_dz = _update_rows(u, v, *ring, z, fz, *old, active)
         else:
-            v_new, h_dg, h_g = -dz, -dg, -g
-        denominator = torch.linalg.vecdot(v_new, dg)
-        norms = torch.linalg.vector_norm(dz, dim=1) * torch.linalg.vector_norm(dg, dim=1)
-        tiny = torch.finfo(z.dtype).eps * norms
-        size = denominator.abs()
-        usable = active & (size > tiny) & (size < _INF)  # NaN fails both comparisons
-        safe_denominator = torch.where(usable, denominator, 1.0)
-        u_new = (dz - h_dg) / safe_denominator[:, None]
-        slot = count % slots
-        # A skipped update keeps whatever pair the slot held: zeros (no pair) while the ring
-        # fills, the oldest pair once it is full.
-        if count < slots:
-            u_keep = v_keep = None
-        else:
-            u_keep, v_keep = u[:, slot], v[:, slot]
-        if z.device.type == "cpu" and bool(usable.all()):  # host read, free on CPU: no masked select
-            u_slot, v_slot = u_new, v_new
-        else:
-            u_slot = torch.where(usable[:, None], u_new, 0.0 if u_keep is None else u_keep)
-            v_slot = torch.where(usable[:, None], v_new, 0.0 if v_keep is None else v_keep)
-        # H_new g = H g - u_old (v_old . g) + u_slot (v_slot . g), where (u_old, v_old) is the
-        # pair the slot held before (none while the ring fills).
-        h_g = torch.addcmul(h_g, u_slot, torch.linalg.vecdot(v_slot, g)[:, None])
-        if u_keep is not None:
-            h_g = torch.addcmul(h_g, u_keep, torch.linalg.vecdot(v_keep, g)[:, None], value=-1)
-        state["u"] = write_slot(u, slot, u_slot)
-        state["v"] = write_slot(v, slot, v_slot)
-        state["count"] = count + 1
-        state["h_g"] = h_g
-        state["z"], state["g"] = z, g
+            h_g, proposal, parts = state["h_g"], torch.empty_like(z), []
+            for start in range(0, batch, rows):
+                r = slice(start, start + rows)
+                old_rows = (x if x is None else x[r] for x in old)
+                parts.append(_update_rows(u[r], v[r], *ring, z[r], fz[r], *old_rows, active[r],
+                                          out=proposal[r])[-1])
+            u_dz = torch.cat(parts)
+        state.update(u=u, v=v, h_g=h_g, proposal=proposal, u_dz=u_dz, count=count + 1, z=z, fz=fz)
+
+
+def _update_rows(u, v, n, slot, full, z, fz, z_old, fz_old, h_g_old, u_dz, active, out=None):
+    """The update of a block of rows (or of all rows): ``n`` pairs are stored, the new one
+    goes to ``slot`` (``full``: over the oldest); ``h_g_old = H g_old`` and ``u_dz = U^T dz``
+    (``None`` while ``n == 0``). Returns ``u``, ``v`` (see :func:`write_slot`), ``H_new g``,
+    the next iterate ``z - H_new g`` (into ``out`` if given) and ``U_new^T`` times its step.
+    Without autograd ``H_new g`` overwrites ``h_g_old``."""
+    # Without autograd, results overwrite temporaries that are no longer needed: fresh
+    # memory for each would be slower than memory still in cache.
+    reuse = (lambda t: None) if torch.is_grad_enabled() else (lambda t: t)
+    g = fz - z
+    dz = z - z_old
+    dg = fz_old - z_old  # g_old, formed exactly as the previous update formed it
+    dg = torch.sub(g, dg, out=reuse(dg))
+    if n:
+        un, vn = u[:, :n], v[:, :n]
+        # The pass over V: V^T g, and H^T dz = -dz + V (U^T dz).
+        vt_g = history_dot(vn, g)
+        v_new = history_combine(u_dz, vn)
+        v_new = torch.sub(v_new, dz, out=reuse(v_new))
+        # The pass over U: H g = -g + U (V^T g); H dg = H g - H g_old.
+        h_g = history_combine(vt_g, un)
+        h_g = torch.sub(h_g, g, out=reuse(h_g))
+        h_dg = h_g - h_g_old
+    else:
+        v_new, h_g, h_dg = -dz, -g, -dg
+    denominator = torch.linalg.vecdot(v_new, dg)
+    norms = torch.linalg.vector_norm(dz, dim=1) * torch.linalg.vector_norm(dg, dim=1)
+    tiny = torch.finfo(z.dtype).eps * norms
+    size = denominator.abs()
+    usable = active & (size > tiny) & (size < _INF)  # NaN fails both comparisons
+    safe_denominator = torch.where(usable, denominator, 1.0)
+    u_new = torch.sub(dz, h_dg, out=reuse(dz))
+    u_new = torch.div(u_new, safe_denominator[:, None], out=reuse(u_new))
+    # A skipped update keeps whatever pair the slot held: zeros (no pair) while the ring
+    # fills, the oldest pair once it is full.
+    if full:
+        u_keep, v_keep = u[:, slot], v[:, slot]
+    else:
+        u_keep = v_keep = None
+    if z.device.type == "cpu" and bool(usable.all()):  # host read, free on CPU: no masked select
+        u_slot, v_slot = u_new, v_new
+    else:
+        u_slot = torch.where(usable[:, None], u_new, 0.0 if u_keep is None else u_keep)
+        v_slot = torch.where(usable[:, None], v_new, 0.0 if v_keep is None else v_keep)
+    # H_new g = H g - u_old (v_old . g) + u_slot (v_slot . g), where (u_old, v_old) is the
+    # pair the slot held before (none while the ring fills). Read before the slot is written.
+    h_g = torch.addcmul(h_g, u_slot, torch.linalg.vecdot(v_slot, g)[:, None], out=reuse(h_g_old))
+    if u_keep is not None:
+        h_g = torch.addcmul(h_g, u_keep, torch.linalg.vecdot(v_keep, g)[:, None], value=-1, out=reuse(h_g))
+    u = write_slot(u, slot, u_slot)
+    v = write_slot(v, slot, v_slot)
+    proposal = torch.sub(z, h_g, out=out)
+    # A running sample's next dz is exactly proposal - z (the loop evaluates the proposal):
+    # its U^T dz is computed now, while this block of U is likely still in cache.
+    u_dz = history_dot(u[:, :min(n + 1, u.shape[1])], torch.sub(proposal, z, out=reuse(g)))
+    return u, v, h_g, proposal, u_dz

@@ -73,14 +73,15 @@ class PIController:
         """``ratio_prev`` before the first accepted step: 1 (no proportional correction)."""
         return torch.ones(like.shape[0], dtype=like.dtype, device=like.device)
 
-    def adapt(self, dt: torch.Tensor, ratio: torch.Tensor,
-              prev_ratio: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(accept, dt_next, prev_ratio_next)`` for every sample."""
+    def adapt(self, dt: torch.Tensor, ratio: torch.Tensor, prev_ratio: torch.Tensor,
+              order: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(accept, dt_next, prev_ratio_next)`` for every sample. ``order``: per-sample error
+        orders where they differ from ``error_order`` (a multistep method's first steps)."""
         with torch.no_grad():
             finite = torch.isfinite(ratio)
             accept = finite & (ratio <= 1.0)
             r = torch.where(finite, ratio, torch.ones_like(ratio)).clamp_min(1e-10)
-            q = float(self.error_order)
+            q = float(self.error_order) if order is None else order.to(r.dtype)
             factor = self.safety * r.pow(-(self.pcoeff + self.icoeff) / q)
             if self.pcoeff != 0.0:
                 factor = factor * prev_ratio.pow(self.pcoeff / q)
@@ -101,7 +102,7 @@ class FixedStep:
     def initial_state(self, like: torch.Tensor) -> torch.Tensor:
         return torch.ones(like.shape[0], dtype=like.dtype, device=like.device)
 
-    def adapt(self, dt, ratio, prev_ratio):
+    def adapt(self, dt, ratio, prev_ratio, order=None):
         return torch.ones_like(dt, dtype=torch.bool), dt, prev_ratio
 
 

@@ -150,13 +150,14 @@ def integrate_flat(method, rhs: Callable, y0: torch.Tensor, t0: float, t1: float
         nfe += result.evaluations
         steps += 1
         ratio = None if result.error is None else controller.error_ratio(result.error, y, result.y)
-        accept, dt_next, prev_next = controller.adapt(h, ratio, prev_ratio)
+        accept, dt_next, prev_next = controller.adapt(h, ratio, prev_ratio, result.error_order)
         if not controller.adaptive:
             # Without an error estimate, a NaN/Inf is only seen in the new derivative.
             finite = torch.isfinite(result.k).all(dim=1)
             status = torch.where(running & ~finite, torch.full_like(status, Status.NON_FINITE), status)
             accept = accept & finite
         take = running & accept
+        stepper.commit(take)
         y = torch.where(take[:, None], result.y, y)
         k = torch.where(take[:, None], result.k, k)
         # Land exactly on the target (t + h may round past it).

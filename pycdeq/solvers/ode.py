@@ -1,4 +1,4 @@
-"""The public ODE methods: ``Tsit5``, ``Dopri5``, ``BS3`` (adaptive) and ``Euler``, ``RK4`` (fixed).
+"""The public ODE methods: ``Tsit5``, ``Dopri5``, ``BS3``, ``VCAB3`` (adaptive) and ``Euler``, ``RK4`` (fixed).
 
 An ODE method is a frozen dataclass of options, used two ways:
 
@@ -41,6 +41,7 @@ import torch
 
 from .. import _checks
 from .controller import FixedStep, PIController
+from .multistep import AB3_STABILITY_BOUNDARY, AdamsBashforth
 from .runge_kutta import RungeKutta
 from .solution import Solution
 from .steady_state import solve_steady_state
@@ -137,11 +138,21 @@ class AdaptiveMethod:
         """The first step of every sample; ``None``: Hairer's selection per sample."""
         return self.dt0
 
+    @property
+    def error_order(self) -> int:
+        """Power of ``h`` in the local error estimate (the controller's exponent)."""
+        return self.tableau.error_order
+
+    @property
+    def stability_boundary(self) -> float:
+        """Largest stable ``h * lam`` for a real eigenvalue ``-lam`` (the stability cap's scale)."""
+        return self.tableau.stability_boundary
+
     def stepper(self) -> RungeKutta:
         return RungeKutta(self.tableau)
 
     def controller(self) -> PIController:
-        return PIController(rtol=self.rtol, atol=self.atol, error_order=self.tableau.error_order,
+        return PIController(rtol=self.rtol, atol=self.atol, error_order=self.error_order,
                             safety=self.safety, factor_min=self.factor_min,
                             factor_max=self.factor_max, pcoeff=self.pcoeff, icoeff=self.icoeff,
                             dt_min=self.dt_min)
@@ -183,6 +194,10 @@ class FixedStepMethod:
     def initial_dt(self) -> float:
         return self.dt
 
+    @property
+    def stability_boundary(self) -> float:
+        return self.tableau.stability_boundary
+
     def solve_flat(self, fn: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor) -> Solution:
         return solve_steady_state(self, fn, z0)
 
@@ -206,6 +221,26 @@ class BS3(AdaptiveMethod):
     """Bogacki-Shampine 3(2), FSAL: 3 evaluations per step; cheaper at loose tolerances."""
 
     tableau: ClassVar[ButcherTableau] = _BS3
+
+
+@dataclass(frozen=True)
+class VCAB3(AdaptiveMethod):
+    """Variable-coefficient Adams-Bashforth of order 3 (the paper's CIFAR-10 method): one
+    evaluation per step, Euler and AB2 for a sample's first two steps, error from the
+    Adams-Moulton difference (:mod:`.multistep`). Cheapest per step, but its stability
+    region is small (``h * lam <= 6/11`` on the real axis against Tsit5's 3.5), so on a stiff
+    ``f`` it takes many short steps."""
+
+    @property
+    def error_order(self) -> int:
+        return 4
+
+    @property
+    def stability_boundary(self) -> float:
+        return AB3_STABILITY_BOUNDARY
+
+    def stepper(self) -> AdamsBashforth:
+        return AdamsBashforth()
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,9 @@ class StepResult:
     #: per-sample estimate of the largest |eigenvalue| of dF/dy met in the step (no autograd),
     #: from two stages at the same time; None when the tableau has no such pair.
     stiffness: Optional[torch.Tensor] = None
+    #: per-sample power of ``h`` in ``error`` when it varies (a multistep method's start);
+    #: None: the method's fixed ``error_order``.
+    error_order: Optional[torch.Tensor] = None
 
 
 class RungeKutta:
@@ -109,3 +112,6 @@ class RungeKutta:
             if stiffness and self._stiffness_pair and y_prev_stage is not None:
                 estimate = secant(ks[-1], ks[-2], y_new, y_prev_stage)
         return StepResult(y_new, k_new, error, evaluations, estimate)
+
+    def commit(self, take: torch.Tensor) -> None:
+        """A one-step method keeps no history: nothing to do when samples accept a step."""

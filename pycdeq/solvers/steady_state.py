@@ -49,7 +49,7 @@ def solve_steady_state(method, fn: Callable[[torch.Tensor], torch.Tensor], z0: t
     stepper = method.stepper()
     controller = method.controller()
     stability = getattr(method, "stability_factor", None)
-    boundary = method.tableau.stability_boundary
+    boundary = method.stability_boundary
     tracker = SampleTracker(termination, z0)
     interval = termination.check_interval(z0.device)
     batch, device = z0.shape[0], z0.device
@@ -83,8 +83,9 @@ def solve_steady_state(method, fn: Callable[[torch.Tensor], torch.Tensor], z0: t
             nfe += result.evaluations
             step += 1
             ratio = None if result.error is None else controller.error_ratio(result.error, z, result.y)
-            accept, dt_next, prev_next = controller.adapt(h, ratio, prev_ratio)
+            accept, dt_next, prev_next = controller.adapt(h, ratio, prev_ratio, result.error_order)
             take = running & accept
+            stepper.commit(take)
             if stability is not None:
                 with torch.no_grad():
                     estimate = result.stiffness if result.stiffness is not None \

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pycdeq import RK4, Dopri5, Status, Tsit5, integrate
+from pycdeq import RK4, VCAB3, Dopri5, Status, Tsit5, integrate
 
 F64 = torch.float64
 
@@ -48,7 +48,7 @@ def directional_differences(loss_of, inputs, directions, eps=1e-5):
 
 
 @pytest.mark.parametrize("adjoint", ["backprop", "backsolve"])
-@pytest.mark.parametrize("method_cls", [Tsit5, Dopri5])
+@pytest.mark.parametrize("method_cls", [Tsit5, Dopri5, VCAB3])
 def test_adaptive_gradients_agree_with_finite_differences(adjoint, method_cls):
     """Directional derivatives along random directions (as gradcheck's fast mode); the
     solution's step-size noise (~1e-11) is far below what eps = 1e-5 can see."""

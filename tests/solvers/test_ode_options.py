@@ -8,11 +8,11 @@ import pytest
 import torch
 
 import pycdeq
-from pycdeq import BS3, RK4, Dopri5, Euler, Termination, Tsit5
+from pycdeq import BS3, RK4, VCAB3, Dopri5, Euler, Termination, Tsit5
 from pycdeq.solvers.ode import DEFAULT_TERMINATION_FACTOR, TOLERANCE_MARGIN
 
 
-@pytest.mark.parametrize("cls", [Tsit5, Dopri5, BS3, Euler, RK4])
+@pytest.mark.parametrize("cls", [Tsit5, Dopri5, BS3, VCAB3, Euler, RK4])
 def test_methods_are_frozen_continuous_options_exported_from_pycdeq(cls):
     method = cls()
     assert cls.kind == "continuous" and method.kind == "continuous"

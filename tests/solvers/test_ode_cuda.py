@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import pycdeq
-from pycdeq import GMRES, Status, Termination, Tsit5
+from pycdeq import GMRES, VCAB3, Status, Termination, Tsit5
 from _cuda_sync import count_syncs  # a sibling module: pytest puts tests/solvers on sys.path
 
 pytestmark = [pytest.mark.cuda,
@@ -29,8 +29,9 @@ def problem(device, batch=6, dim=32, seed=0):
 
 
 
-def test_cuda_steady_state_matches_cpu_and_syncs_every_eighth_step():
-    method = Tsit5(rtol=1e-9, atol=1e-9, max_steps=500, termination=Termination(abstol=1e-8))
+@pytest.mark.parametrize("method_cls", [Tsit5, VCAB3])
+def test_cuda_steady_state_matches_cpu_and_syncs_every_eighth_step(method_cls):
+    method = method_cls(rtol=1e-9, atol=1e-9, max_steps=3000, termination=Termination(abstol=1e-8))
     results = {}
     for device in ("cpu", "cuda"):
         w, x, scale = problem(device)
@@ -42,7 +43,8 @@ def test_cuda_steady_state_matches_cpu_and_syncs_every_eighth_step():
             results[device] = method.solve_flat(fn, z0)
     cpu, gpu = results["cpu"], results["cuda"]
     assert bool((gpu.status == Status.CONVERGED).all())
-    torch.testing.assert_close(gpu.z.cpu(), cpu.z, rtol=0, atol=1e-8)
+    # Both within residual / (1 - 0.9) of the fixed point, whatever steps rounding picked.
+    torch.testing.assert_close(gpu.z.cpu(), cpu.z, rtol=0, atol=2e-7)
     assert syncs <= gpu.steps // 8 + 8, (syncs, gpu.steps)
 
 

@@ -36,7 +36,7 @@ from typing import List, Optional
 import torch
 
 from . import _harness
-from .bench_training import TimedTrainer, _lean_adjoint, copy_shared_weights, make_parser, \
+from .bench_training import TimedTrainer, lean_adjoint, copy_shared_weights, make_parser, \
     quiet_nonconvergence, resolve_device, seeded_model
 
 REPO = Path(__file__).resolve().parent.parent
@@ -47,7 +47,7 @@ COMPETITORS = {  # label -> (variant, build_model options or a function of the a
     "continuous DEQ": ("vanilla", {}),
     # Same solve; the adjoint iterates g <- J^T g + v (three state buffers) instead of GMRES,
     # whose Krylov basis holds max_iter + 1 state copies.
-    LEAN: ("vanilla", lambda arch: {"adjoint": _lean_adjoint(arch)}),
+    LEAN: ("vanilla", lambda arch: {"adjoint": lean_adjoint(arch)}),
     "Neural ODE (backprop)": ("node", {}),
     "Neural ODE (backsolve)": ("node", {"adjoint": "backsolve"}),
 }

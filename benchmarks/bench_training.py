@@ -7,7 +7,7 @@ Item 1: the paper's models built by :func:`pycdeq.models.build_model` with the p
 settings (:mod:`pycdeq.models.defaults`), the Neural ODE being the same ``f`` integrated over
 ``[0, 1]``, differentiated two ways: with the continuous (backsolve) adjoint, the paper's
 baseline, and with backprop through the steps; the DEQ must beat both. On MNIST-dense the DEQ
-also runs with a fixed-point adjoint (``_lean_adjoint``). All competitors start from the same weights
+also runs with a fixed-point adjoint (``lean_adjoint``). All competitors start from the same weights
 (copied), see the same batches in the same order and take the same number of Adam steps,
 interleaved step by step (A, B, A, B, ...) so machine load hits them alike. Reported: train
 time (sum of the timed steps), median forward / backward time per batch, median predict time
@@ -214,7 +214,7 @@ def _item1_data(architecture: str, batch: int, steps: int, seed: int = 0):
     return data, f"synthetic {shape}-shaped data"
 
 
-def _lean_adjoint(architecture: str) -> FixedPointAdjoint:
+def lean_adjoint(architecture: str) -> FixedPointAdjoint:
     """Plain fixed-point iteration on the adjoint equation at the paper's tolerance and VJP budget:
     one VJP and a few vector operations per iteration, and three state-sized buffers (GMRES keeps a
     Krylov basis of ``max_iter + 1``). Converges when ``f`` is a contraction at ``z*``."""
@@ -226,7 +226,7 @@ def _lean_adjoint(architecture: str) -> FixedPointAdjoint:
 #: Item 1's competitors: label -> (variant, build_model options or a function of the architecture).
 ITEM1 = {
     "continuous DEQ": ("vanilla", {}),
-    "continuous DEQ, fixed-point adjoint": ("vanilla", lambda arch: {"adjoint": _lean_adjoint(arch)}),
+    "continuous DEQ, fixed-point adjoint": ("vanilla", lambda arch: {"adjoint": lean_adjoint(arch)}),
     # The paper's baseline: OrdinaryDiffEq + InterpolatingAdjoint, a continuous adjoint.
     "Neural ODE (continuous adjoint)": ("node", {"adjoint": "backsolve"}),
     "Neural ODE (backprop)": ("node", {}),

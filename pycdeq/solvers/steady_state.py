@@ -22,7 +22,8 @@ states. Without it an explicit method parks the stiffest mode on the edge of its
 region and the residual stalls at a floor set by the integrator tolerance.
 
 Cost: one evaluation of ``fn`` for the initial residual, the initial step selection (unless
-``dt0`` is given), then ``stages - 1`` per step with FSAL tableaux, on the whole batch.
+``dt0`` is given), then ``stages - 1`` per step with FSAL tableaux (one with ``VCAB3``), on
+the whole batch.
 """
 
 from __future__ import annotations

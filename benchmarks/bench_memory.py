@@ -36,7 +36,7 @@ from typing import List, Optional
 import torch
 
 from . import _harness
-from .bench_training import TimedTrainer, lean_adjoint, copy_shared_weights, make_parser, \
+from .bench_training import TimedTrainer, copy_shared_weights, lean_adjoint, make_parser, \
     quiet_nonconvergence, resolve_device, seeded_model
 
 REPO = Path(__file__).resolve().parent.parent

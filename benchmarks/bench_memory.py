@@ -36,8 +36,8 @@ from typing import List, Optional
 import torch
 
 from . import _harness
-from .bench_training import TimedTrainer, copy_shared_weights, lean_adjoint, make_parser, \
-    quiet_nonconvergence, resolve_device, seeded_model
+from .bench_training import TimedTrainer, competitor_model, copy_shared_weights, lean_adjoint, \
+    make_parser, quiet_nonconvergence, resolve_device, seeded_model
 
 REPO = Path(__file__).resolve().parent.parent
 INPUT_SHAPES = {"mnist-dense": (784,), "cifar10-small": (3, 32, 32)}
@@ -96,10 +96,8 @@ def _peak_mb(dev: torch.device, before: int) -> float:
 
 def measure(architecture: str, label: str, batch: int, device: str) -> dict:
     dev = resolve_device(device)
-    variant, options = COMPETITORS[label]
     reference = seeded_model(architecture, "vanilla", dev)
-    model = seeded_model(architecture, variant, dev,
-                         **(options(architecture) if callable(options) else options))
+    model = competitor_model(architecture, COMPETITORS[label], dev)
     copy_shared_weights(reference, model)
     del reference
     trainer = TimedTrainer(model, dev)

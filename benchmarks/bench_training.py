@@ -76,6 +76,14 @@ def seeded_model(architecture: str, variant: str, device: torch.device, *, seed:
     return build_model(architecture, variant=variant, **options).to(device)
 
 
+def competitor_model(architecture: str, spec: tuple, device: torch.device, *, seed: int = 0):
+    """The model of a competitor ``spec = (variant, options)``: ``options`` are ``build_model``
+    options, or a function of the architecture that returns them."""
+    variant, options = spec
+    return seeded_model(architecture, variant, device, seed=seed,
+                        **(options(architecture) if callable(options) else options))
+
+
 def copy_shared_weights(source: torch.nn.Module, target: torch.nn.Module) -> None:
     """Give ``target`` the values of every parameter it shares by name with ``source`` (so a
     Neural ODE or a Skip DEQ starts from exactly the vanilla DEQ's ``f``, stem and head)."""
@@ -240,9 +248,7 @@ def deq_vs_node(architecture: str, device: torch.device, *, batch: int, steps: i
     data, data_name = _item1_data(architecture, batch, steps + 1)
     models = {}
     for label in labels:
-        variant, options = ITEM1[label]
-        models[label] = seeded_model(architecture, variant, device,
-                                     **(options(architecture) if callable(options) else options))
+        models[label] = competitor_model(architecture, ITEM1[label], device)
         if label != "continuous DEQ":
             copy_shared_weights(models["continuous DEQ"], models[label])
     trainers = {name: TimedTrainer(m, device) for name, m in models.items()}

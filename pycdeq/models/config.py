@@ -16,6 +16,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Optional, Tuple, Union
 
+from torch import nn
+
 from .. import _checks
 from ..adjoints.methods import Adjoint
 from ..layers.regularizers import JacobianRegularization
@@ -291,3 +293,12 @@ def make_config(architecture: str, *, variant: str = "vanilla", continuous: bool
     return ModelConfig(architecture=architecture, variant=variant, continuous=continuous,
                        num_classes=num_classes, input_shape=input_shape, sizes=sizes, solver=solver,
                        adjoint=adjoint, **layer_options)
+
+
+def assemble(cls, config: ModelConfig) -> nn.Module:
+    """An instance of the model class ``cls`` built from a validated ``config``: the common part
+    of the models' ``from_config`` (``__init__`` would build the config again from options)."""
+    model = cls.__new__(cls)
+    nn.Module.__init__(model)
+    model._assemble(config)
+    return model

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from . import blocks
-from .config import ModelConfig, make_config
+from .config import ModelConfig, assemble, make_config
 from .variants import multiscale_layer
 
 
@@ -69,10 +69,7 @@ class MDEQClassifier(nn.Module):
         if cls.architecture is not None and config.architecture != cls.architecture:
             raise ValueError(f"{cls.__name__} needs architecture {cls.architecture!r}, "
                              f"the config has {config.architecture!r}")
-        model = cls.__new__(cls)
-        nn.Module.__init__(model)
-        model._assemble(config)
-        return model
+        return assemble(cls, config)
 
     def _assemble(self, config: ModelConfig) -> None:
         self.config = config

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .config import ModelConfig, make_config
+from .config import ModelConfig, assemble, make_config
 from .variants import equilibrium_layer
 
 
@@ -63,10 +63,7 @@ class MNISTDense(nn.Module):
     def from_config(cls, config: ModelConfig) -> "MNISTDense":
         if not isinstance(config, ModelConfig) or config.architecture != "mnist-dense":
             raise ValueError(f"MNISTDense needs a ModelConfig of architecture 'mnist-dense', got {config!r}")
-        model = cls.__new__(cls)
-        nn.Module.__init__(model)
-        model._assemble(config)
-        return model
+        return assemble(cls, config)
 
     def _assemble(self, config: ModelConfig) -> None:
         self.config = config

@@ -8,7 +8,7 @@ tanh(U z_i) + x_i`` (``U`` orthonormal columns, ``Q`` orthogonal) with a per-sam
 factor ``s_i`` spread over [0.05, 0.9], so plain iteration needs from a few to about 80
 iterations. Each solver runs with ``compact=False`` (finished samples are frozen by
 ``torch.where`` but still evaluated) and ``compact=True`` (the solver evaluates only the rows
-still running: ``fn(z, index)`` with ``index`` a LongTensor of batch rows, ``None`` = all),
+still running, and the same rows of the batch-aligned ``args`` of ``fn``),
 interleaved, medians of the repeats. ``f`` does not couple samples, which is what makes
 compaction valid. Reported: time, nfe, the rows actually evaluated (``f_rows``), and whether
 the results are identical (per-sample iterations and status equal, max |z difference|).
@@ -43,8 +43,9 @@ def _orthonormal_columns(rows: int, cols: int, gen: torch.Generator) -> torch.Te
 
 
 class SpreadProblem:
-    """``fn(z, index=None)``: the batch's map, restricted to rows ``index`` when given. It
-    counts the rows it evaluates (the work compaction saves).
+    """``fn(z, scale, x)``: the batch's map, with the per-sample ``scale`` and injection ``x``
+    as batch-aligned args (``args``). It counts the rows it evaluates (the work compaction
+    saves).
 
     ``f(z)_i = s_i Q U^T tanh(U z_i) + x_i`` with ``U`` (hidden x state) orthonormal columns
     and ``Q`` orthogonal: near the small fixed point ``tanh`` is about the identity, so the
@@ -60,9 +61,11 @@ class SpreadProblem:
         self.x = (0.1 * torch.randn(batch, state, generator=gen)).to(device)
         self.rows = 0
 
-    def __call__(self, z: torch.Tensor, index: Optional[torch.Tensor] = None) -> torch.Tensor:
-        scale = self.scale if index is None else self.scale[index]
-        x = self.x if index is None else self.x[index]
+    @property
+    def args(self):
+        return (self.scale, self.x)
+
+    def __call__(self, z: torch.Tensor, scale: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         self.rows += z.shape[0]
         h = torch.tanh(z @ self.u.T) @ self.u @ self.q.T
         return torch.addcmul(x, scale[:, None], h)
@@ -85,7 +88,7 @@ def compaction_rows(batch: int, state: int, hidden: int, repeats: int, device) -
         def run():
             problem.rows = 0
             with torch.no_grad():
-                results[key] = pycdeq.solve(problem, z0, solver)
+                results[key] = pycdeq.solve(problem, z0, solver, args=problem.args)
             rows_used[key] = problem.rows
         return run
 

@@ -1,6 +1,9 @@
-"""Gradients of fixed points: see :mod:`pycdeq.adjoints.methods` for the maths."""
+"""Gradients of fixed points: the contract in :mod:`pycdeq.adjoints.base`, the maths and the
+options in :mod:`pycdeq.adjoints.methods`."""
 
-from .implicit import attach_implicit_gradient
-from .methods import FixedPointAdjoint, GMRES, JFB, Unrolled
+from .base import Adjoint, ImplicitAdjoint
+from .stats import AdjointStats, LinearSolveReport
+from .methods import GMRES, JFB, FixedPointAdjoint, Unrolled
 
-__all__ = ["GMRES", "FixedPointAdjoint", "JFB", "Unrolled", "attach_implicit_gradient"]
+__all__ = ["Adjoint", "ImplicitAdjoint", "AdjointStats", "LinearSolveReport",
+           "GMRES", "FixedPointAdjoint", "JFB", "Unrolled"]

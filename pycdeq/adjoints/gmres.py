@@ -23,7 +23,7 @@ from typing import Callable, Tuple
 
 import torch
 
-from ..solvers._state import SMALL_PRODUCT
+from ..solvers.history import SMALL_PRODUCT
 
 # Products of one vector per sample with the basis, in the layout of an Arnoldi step: vectors
 # (B, 1, d), coefficients (B, 1, n), the basis ``known`` (B, n, d) and its transposed view

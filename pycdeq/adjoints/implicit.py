@@ -2,8 +2,8 @@
 
 The forward solve runs without autograd. :func:`attach_implicit_gradient` then evaluates
 ``fz = fn(z*)`` once with autograd on, at a detached copy of ``z*``, and returns ``z*`` through
-:class:`_ImplicitGradient`, whose backward solves the adjoint system (see
-:mod:`pycdeq.adjoints.methods`) and hands ``g`` to ``fz``'s graph. Autograd then carries
+:class:`_ImplicitGradient`, whose backward solves the adjoint system (the adjoint's
+``solve``, :mod:`pycdeq.adjoints.methods`) and hands ``g`` to ``fz``'s graph. Autograd then carries
 ``g^T df/dtheta`` to every parameter and input ``fn`` closes over: the injected ``x`` gets its
 exact implicit gradient, not a one-step one.
 
@@ -16,11 +16,15 @@ that second derivative.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Tuple
 
 import torch
 
-from ..solvers.solution import AdjointStats
+from ..solvers.base import FlatMap
+from .stats import AdjointStats
+
+if TYPE_CHECKING:
+    from .base import ImplicitAdjoint
 
 
 class _ImplicitGradient(torch.autograd.Function):
@@ -43,17 +47,17 @@ class _ImplicitGradient(torch.autograd.Function):
                                          create_graph=create_graph, allow_unused=True)
             return torch.zeros_like(u) if out is None else out
 
-        g, stats = ctx.adjoint.solve(vjp, grad_output)
-        ctx.stats.__dict__.update(stats.__dict__)
+        g, report = ctx.adjoint.solve(vjp, grad_output)
+        ctx.stats.record(report)
         return g, None, None, None, None
 
 
-def attach_implicit_gradient(fn: Callable[[torch.Tensor], torch.Tensor], z_star: torch.Tensor,
-                             adjoint) -> tuple[torch.Tensor, AdjointStats]:
+def attach_implicit_gradient(fn: FlatMap, z_star: torch.Tensor, args: Tuple[torch.Tensor, ...],
+                             adjoint: "ImplicitAdjoint") -> Tuple[torch.Tensor, AdjointStats]:
     """Return ``z*`` (same values) differentiable by the implicit function theorem, and the
     :class:`AdjointStats` that the backward pass will fill in. Costs one ``fn`` call."""
     z_leaf = z_star.detach().requires_grad_(True)
     with torch.enable_grad():
-        fz = fn(z_leaf)
+        fz = fn(z_leaf, *args)
     stats = AdjointStats(adjoint.name)
     return _ImplicitGradient.apply(fz, z_star.detach(), z_leaf, adjoint, stats), stats

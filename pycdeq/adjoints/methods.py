@@ -19,22 +19,20 @@ one VJP of ``f`` w.r.t. its parameters and inputs. The options here choose how t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Tuple
+from typing import ClassVar, Tuple
 
 import torch
 
 from .. import _checks
-from ..solvers.anderson import Anderson
-from ..solvers.discrete import DiscreteSolver, iterate
-from ..solvers.solution import AdjointStats, Status
-from ..solvers.termination import Termination
+from ..solvers import Anderson, DiscreteSolver, Solver, Termination
+from ..solvers.base import FlatMap
+from .base import VJP, Adjoint, Attached, ImplicitAdjoint
+from .stats import LinearSolveReport
 from .gmres import batched_gmres
-
-VJP = Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
-class GMRES:
+class GMRES(ImplicitAdjoint):
     """Solve ``(I - J^T) g = v`` with restarted GMRES, started from ``g = v``.
 
     A sample stops when ``||v - (I - J^T) g|| <= max(atol, rtol * ||v||)``; ``max_iter``
@@ -47,7 +45,7 @@ class GMRES:
     restart: int = 20
     check_every: int | None = None
 
-    name = "gmres"
+    name: ClassVar[str] = "gmres"
 
     def __post_init__(self):
         _checks.positive("rtol", self.rtol, allow_zero=True)
@@ -59,7 +57,7 @@ class GMRES:
         if self.check_every is not None:
             _checks.positive_int("check_every", self.check_every)
 
-    def solve(self, vjp: VJP, v: torch.Tensor) -> Tuple[torch.Tensor, AdjointStats]:
+    def solve(self, vjp: VJP, v: torch.Tensor) -> Tuple[torch.Tensor, LinearSolveReport]:
         check_every = self.check_every or (1 if v.device.type == "cpu" else 4)
         # Under mixed precision the cotangent can be float16/bfloat16: Givens rotations and
         # the triangular solve need float32 (and have no half kernels), so the Krylov
@@ -72,11 +70,11 @@ class GMRES:
         g, residual, iterations, converged, products = batched_gmres(
             operator, v.to(work), v.to(work), rtol=self.rtol, atol=self.atol,
             max_iter=self.max_iter, restart=self.restart, check_every=check_every)
-        return g.to(v.dtype), AdjointStats(self.name, iterations, residual, converged, products)
+        return g.to(v.dtype), LinearSolveReport(iterations, residual, converged, products)
 
 
 @dataclass(frozen=True)
-class FixedPointAdjoint:
+class FixedPointAdjoint(ImplicitAdjoint):
     """Solve ``g = J^T g + v`` with a discrete fixed-point solver, started from ``g = v``.
 
     The solver's termination rule applies to ``||J^T g + v - g||`` per sample.
@@ -85,36 +83,37 @@ class FixedPointAdjoint:
     solver: DiscreteSolver = field(default_factory=lambda: Anderson(
         m=5, max_iter=40, termination=Termination(mode="abs", abstol=1e-8)))
 
-    name = "fixed_point"
+    name: ClassVar[str] = "fixed_point"
 
     def __post_init__(self):
         if not isinstance(self.solver, DiscreteSolver):
             raise TypeError(f"solver must be a discrete solver (Anderson, Broyden, FixedPoint), "
                             f"got {type(self.solver).__name__}")
 
-    def solve(self, vjp: VJP, v: torch.Tensor) -> Tuple[torch.Tensor, AdjointStats]:
-        solution = iterate(self.solver, lambda g: vjp(g) + v, v)
-        stats = AdjointStats(self.name, solution.iterations, solution.residual,
-                             solution.status == Status.CONVERGED, solution.nfe)
-        return solution.z, stats
+    def solve(self, vjp: VJP, v: torch.Tensor) -> Tuple[torch.Tensor, LinearSolveReport]:
+        record = self.solver.solve_flat(lambda g: vjp(g) + v, v)
+        return record.z, LinearSolveReport(record.iterations, record.residual, record.converged, record.nfe)
 
 
 @dataclass(frozen=True)
-class JFB:
+class JFB(ImplicitAdjoint):
     """Jacobian-free backprop: ``g = dL/dz*`` (Fung et al. 2022). No VJPs in the solve."""
 
-    name = "jfb"
+    name: ClassVar[str] = "jfb"
 
-    def solve(self, vjp: VJP, v: torch.Tensor) -> Tuple[torch.Tensor, AdjointStats]:
+    def solve(self, vjp: VJP, v: torch.Tensor) -> Tuple[torch.Tensor, LinearSolveReport]:
         zeros = torch.zeros(v.shape[0], device=v.device)
-        return v, AdjointStats(self.name, zeros.long(), zeros.to(v.dtype), zeros.bool(), 0)
+        return v, LinearSolveReport(zeros.long(), zeros.to(v.dtype), zeros.bool(), 0)
 
 
 @dataclass(frozen=True)
-class Unrolled:
-    """Backpropagate through the solver's iterations (no implicit gradient)."""
+class Unrolled(Adjoint):
+    """Backpropagate through the solver's iterations (no implicit gradient; memory grows
+    with the iterations)."""
 
-    name = "unrolled"
+    name: ClassVar[str] = "unrolled"
 
-
-Adjoint = (GMRES, FixedPointAdjoint, JFB, Unrolled)
+    def attach(self, solver: Solver, fn: FlatMap, start: torch.Tensor,
+               args: Tuple[torch.Tensor, ...]) -> Attached:
+        record = solver.solve_flat(fn, start, args)
+        return Attached(record, record.z, None, extra_nfe=0)

@@ -35,6 +35,7 @@ from typing import Dict, List, Tuple
 import torch
 from torch import nn
 
+from ..solvers import ODEMethod
 from .convert import plan_linear_weight, plan_vector
 from .errors import TranslationError
 
@@ -199,8 +200,8 @@ def _ode_fields(method, name: str, notes: List[str]) -> Dict[str, object]:
     if name in FIXED_STEP:
         return {"adaptive": False, "dt": float(method.dt), "maxiters": int(method.max_steps)}
     fields = {"ode_abstol": float(method.atol), "ode_reltol": float(method.rtol),
-              "maxiters": int(method.max_steps), "dtmin": float(getattr(method, "dt_min", 0.0))}
-    if getattr(method, "dt0", None) is not None:
+              "maxiters": int(method.max_steps), "dtmin": float(method.controller.dt_min)}
+    if method.dt0 is not None:
         fields["dt"] = float(method.dt0)
     notes.append("step-size control is OrdinaryDiffEq's own (safety/factor/PI settings are not mapped)")
     return fields
@@ -213,10 +214,10 @@ def translate_solver(solver, *, variant: str, state_dim: int, notes: List[str]) 
     if name is None:
         raise TranslationError(f"solver {cls} has no Julia counterpart; supported: "
                                f"{', '.join(SOLVER_NAMES)}")
-    continuous = getattr(solver, "kind", None) == "continuous"
+    continuous = isinstance(solver, ODEMethod)
     if continuous != (name not in ("broyden", "anderson", "picard")):
-        raise TranslationError(f"solver {cls} has kind={getattr(solver, 'kind', None)!r}, "
-                               "which does not match its Julia method")
+        family = "an ODE method" if continuous else "a discrete solver"
+        raise TranslationError(f"solver {cls} is {family}, which does not match its Julia method {name!r}")
     if variant == "node":
         if not continuous:
             raise TranslationError(f"a Neural ODE needs an ODE method, got {cls}")

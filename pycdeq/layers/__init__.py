@@ -4,8 +4,10 @@ from .deq import DEQ, NonConvergenceError, NonConvergenceWarning, SkipDEQ, SkipR
 from .multiscale import (MultiScaleDEQ, MultiScaleFunction, MultiScaleNeuralODE, MultiScalePredictor,
                          MultiScaleSkipDEQ, MultiScaleSkipRegDEQ)
 from .neural_ode import NeuralODE
+from .output import DEQOutput, LayerOutput, NeuralODEOutput
 from .regularizers import JacobianRegularization
 
 __all__ = ["DEQ", "SkipDEQ", "SkipRegDEQ", "NeuralODE", "JacobianRegularization", "MultiScaleDEQ",
            "MultiScaleSkipDEQ", "MultiScaleSkipRegDEQ", "MultiScaleNeuralODE", "MultiScaleFunction",
-           "MultiScalePredictor", "NonConvergenceWarning", "NonConvergenceError"]
+           "MultiScalePredictor", "NonConvergenceWarning", "NonConvergenceError", "LayerOutput", "DEQOutput",
+           "NeuralODEOutput"]

@@ -19,22 +19,29 @@ input ``x`` (so the stem is trained with its exact gradient, unlike the paper-er
 
 from __future__ import annotations
 
-import os
-import sys
 import warnings
-from typing import Callable, Optional, Sequence, Union
+from typing import Optional, Union
 
 import torch
 from torch import nn
 
 from .. import _checks
-from ..adjoints.methods import Adjoint
-from ..equilibrium import solve
-from ..solvers._state import StatePacker
-from ..solvers.solution import Solution, State, Status
+from ..adjoints import Adjoint
+from ..equilibrium import solve, unroll
+from ..solvers import Solution, Solver
+from ..solvers.packing import StatePacker
+from ..solvers.solution import State
+from .inputs import ShapeSpec, check_input, zero_state
+from .output import DEQOutput
 from .regularizers import JacobianRegularization, skip_loss
 
-ShapeSpec = Union[Sequence[int], Sequence[Sequence[int]]]
+OUTPUTS = ("iterate", "f_of_iterate")
+INPUT_GRADIENTS = ("implicit", "final_call")
+ON_NONCONVERGENCE = ("warn", "raise", "ignore")
+
+# BatchNorm layers that normalise with batch statistics in training mode (or always, without
+# running statistics): they mix the samples of a batch.
+_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
 class NonConvergenceWarning(RuntimeWarning):
@@ -45,43 +52,24 @@ class NonConvergenceError(RuntimeError):
     """Raised with ``on_nonconvergence="raise"`` when samples did not converge."""
 
 
-def _is_nested(shape) -> bool:
-    return len(shape) > 0 and isinstance(shape[0], (tuple, list))
-
-
-def _zeros(state_shape, x: torch.Tensor) -> State:
-    if state_shape is None:
-        return torch.zeros_like(x)
-    if _is_nested(state_shape):
-        return tuple(x.new_zeros(x.shape[0], *s) for s in state_shape)
-    return x.new_zeros(x.shape[0], *state_shape)
-
-
-def _check_input(x) -> None:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"the layer input x must be a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"the layer input x must be floating point, got {x.dtype}")
-    _checks.finite_tensor("the layer input x", x)
-
-
-def _caller_stacklevel() -> int:
-    """Stack level of the first frame outside pycdeq and torch, so that a warning points at
-    the user's line rather than at ``nn.Module.__call__``."""
-    import pycdeq
-
-    internal = (os.path.dirname(pycdeq.__file__), os.path.dirname(torch.__file__))
-    frame, level = sys._getframe(1), 1
-    while frame is not None and frame.f_code.co_filename.startswith(internal):
-        frame, level = frame.f_back, level + 1
-    return level
+def check_layer_options(*, adjoint=None, jacobian_reg=None, on_nonconvergence: str = "warn",
+                        output: str = "iterate", input_gradient: str = "implicit") -> None:
+    """Validate the options of a DEQ layer (the one place: layers and model configs call it)."""
+    if adjoint is not None and not isinstance(adjoint, Adjoint):
+        raise TypeError(f"adjoint must be a pycdeq Adjoint (GMRES, FixedPointAdjoint, JFB, Unrolled) or None; "
+                        f"got {type(adjoint).__name__}")
+    if jacobian_reg is not None and not isinstance(jacobian_reg, JacobianRegularization):
+        raise TypeError(f"jacobian_reg must be a JacobianRegularization or None, got {type(jacobian_reg).__name__}")
+    _checks.one_of("on_nonconvergence", on_nonconvergence, ON_NONCONVERGENCE)
+    _checks.one_of("output", output, OUTPUTS)
+    _checks.one_of("input_gradient", input_gradient, INPUT_GRADIENTS)
 
 
 def _check_independent(f: nn.Module) -> None:
     """A compacting solver evaluates f on a subset of the batch: refuse an f whose batch norm
     mixes the samples (training mode, or no running statistics)."""
     for name, module in f.named_modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and (module.training or not module.track_running_stats):
+        if isinstance(module, _BATCH_NORMS) and (module.training or not module.track_running_stats):
             raise ValueError(f"solver.compact=True needs f to treat samples independently, but f.{name or 'self'} "
                              f"is a {type(module).__name__} using batch statistics; use compact=False")
 
@@ -108,28 +96,22 @@ class DEQ(nn.Module):
             backprop instead of solving (pretraining / warm-up; settable on a built layer).
     """
 
-    def __init__(self, f: nn.Module, solver, *, init: Union[str, nn.Module] = "zeros",
-                 state_shape: Optional[ShapeSpec] = None, adjoint=None,
+    def __init__(self, f: nn.Module, solver: Solver, *, init: Union[str, nn.Module] = "zeros",
+                 state_shape: Optional[ShapeSpec] = None, adjoint: Optional[Adjoint] = None,
                  jacobian_reg: Optional[JacobianRegularization] = None,
                  on_nonconvergence: str = "warn", output: str = "iterate",
                  input_gradient: str = "implicit", fixed_depth: int = 0):
         super().__init__()
         if not callable(f):
             raise TypeError(f"f must be a callable nn.Module f(z, x), got {type(f).__name__}")
-        if not callable(getattr(solver, "solve_flat", None)):
-            raise TypeError(f"solver must be a pycdeq solver (e.g. Anderson(), Tsit5()), got {type(solver).__name__}")
-        if adjoint is not None and not isinstance(adjoint, Adjoint):
-            raise TypeError("adjoint must be one of GMRES, FixedPointAdjoint, JFB, Unrolled or None; "
-                            f"got {type(adjoint).__name__}")
+        if not isinstance(solver, Solver):
+            raise TypeError(f"solver must be a pycdeq Solver (e.g. Anderson(), Tsit5()), got {type(solver).__name__}")
         if isinstance(init, str):
             _checks.one_of("init", init, ("zeros", "skip_reg"))
         elif not isinstance(init, nn.Module):
             raise TypeError(f"init must be 'zeros', 'skip_reg' or an nn.Module g(x), got {type(init).__name__}")
-        if jacobian_reg is not None and not isinstance(jacobian_reg, JacobianRegularization):
-            raise TypeError(f"jacobian_reg must be a JacobianRegularization or None, got {type(jacobian_reg).__name__}")
-        _checks.one_of("on_nonconvergence", on_nonconvergence, ("warn", "raise", "ignore"))
-        _checks.one_of("output", output, ("iterate", "f_of_iterate"))
-        _checks.one_of("input_gradient", input_gradient, ("implicit", "final_call"))
+        check_layer_options(adjoint=adjoint, jacobian_reg=jacobian_reg, on_nonconvergence=on_nonconvergence,
+                            output=output, input_gradient=input_gradient)
         self.f = f
         self.g = init if isinstance(init, nn.Module) else None
         self._init_mode = "skip" if self.g is not None else init
@@ -157,7 +139,7 @@ class DEQ(nn.Module):
 
     def initial_state(self, x: torch.Tensor) -> State:
         """``z0`` for this variant (differentiable: ``g`` and ``f`` get gradient through it)."""
-        zeros = _zeros(self.state_shape, x)
+        zeros = zero_state(self.state_shape, x)
         if self._init_mode == "zeros":
             return zeros
         if self._init_mode == "skip_reg":
@@ -169,50 +151,29 @@ class DEQ(nn.Module):
         return z0
 
     def forward(self, x: torch.Tensor):
-        """Returns ``(z_star, solution)``; see :class:`~pycdeq.solvers.Solution`."""
-        _check_input(x)
+        """Returns ``(z_star, output)``; see :class:`~pycdeq.layers.output.DEQOutput`."""
+        check_input(x)
         z0 = self.initial_state(x)
         x_solve = x.detach() if self.input_gradient == "final_call" else x
-
-        if getattr(self.solver, "compact", False):
+        if self.solver.compact:  # checked per call: f may switch between train and eval
             _check_independent(self.f)
-
-        def fn(z, index=None):  # a compacting solver passes the rows it evaluates
-            return self.f(z, x_solve if index is None else x_solve.index_select(0, index))
-
         if self.fixed_depth > 0:
-            solution = self._unrolled(fn, z0)
+            solution = unroll(self.f, z0, self.fixed_depth, self.solver.termination, args=(x_solve,))
         else:
-            solution = solve(fn, z0, self.solver, adjoint=self.adjoint)
+            solution = solve(self.f, z0, self.solver, args=(x_solve,), adjoint=self.adjoint)
             self._report_nonconvergence(solution)
-        packer = StatePacker(z0, "z0")
+        z_star, nfe = solution.z, solution.nfe
         if self.output == "f_of_iterate":
-            solution.z = self.f(solution.z, x)
-            solution.nfe += 1
-        z_star_flat = packer.pack(solution.z)
-        solution.skip_loss = (skip_loss(z_star_flat, packer.pack(z0)) if self.variant != "vanilla"
-                              else z_star_flat.new_zeros(()))
-        if self.jacobian_reg is not None and torch.is_grad_enabled():
-            solution.jacobian_loss = self.jacobian_reg(packer.flat_fn(fn), z_star_flat)
-        else:
-            solution.jacobian_loss = z_star_flat.new_zeros(())
-        return solution.z, solution
-
-    def _unrolled(self, fn: Callable[[State], State], z0: State) -> Solution:
-        """``fixed_depth`` plain applications of ``f`` from ``z0`` (nfe = depth)."""
+            z_star, nfe = self.f(z_star, x), nfe + 1
         packer = StatePacker(z0, "z0")
-        flat_fn = packer.flat_fn(fn)
-        previous = z = packer.pack(z0)
-        for _ in range(self.fixed_depth):
-            previous, z = z, flat_fn(z)
-        termination = self.solver.termination
-        # The residual of the last step is ||f(z_{d-1}) - z_{d-1}||: no extra f call needed.
-        residual = termination.sample_norm(z - previous).detach()
-        converged = termination.converged(residual, termination.sample_norm(z).detach())
-        status = torch.where(converged, Status.CONVERGED, Status.MAX_ITERS).to(torch.int8)
-        iterations = torch.full_like(residual, self.fixed_depth, dtype=torch.long)
-        return Solution(z=packer.unpack(z), z0=z0, residual=residual, status=status,
-                        iterations=iterations, nfe=self.fixed_depth, steps=self.fixed_depth)
+        z_star_flat = packer.pack(z_star)
+        zero = z_star_flat.new_zeros(())
+        skip = skip_loss(z_star_flat, packer.pack(z0)) if self.variant != "vanilla" else zero
+        jacobian = zero
+        if self.jacobian_reg is not None and torch.is_grad_enabled():
+            jacobian = self.jacobian_reg(packer.flat_fn(self.f), z_star_flat, (x_solve,))
+        return z_star, DEQOutput(nfe=nfe, status=solution.status, skip_loss=skip, jacobian_loss=jacobian,
+                                 solution=solution)
 
     def _report_nonconvergence(self, solution: Solution) -> None:
         if self.on_nonconvergence == "ignore":
@@ -224,7 +185,9 @@ class DEQ(nn.Module):
                    f"({solution.status_counts()}); max residual {float(solution.residual.max()):.3g}")
         if self.on_nonconvergence == "raise":
             raise NonConvergenceError(message)
-        warnings.warn(message, NonConvergenceWarning, stacklevel=_caller_stacklevel())
+        # Points at the line that called the layer: this method, forward, and nn.Module's
+        # two call wrappers lie in between.
+        warnings.warn(message, NonConvergenceWarning, stacklevel=5)
 
     def extra_repr(self) -> str:
         return f"variant={self.variant}, solver={self.solver}, adjoint={self.adjoint}"

@@ -18,28 +18,41 @@ import torch
 from torch import nn
 
 from .. import _checks
-from ..solvers._state import StatePacker
-from ..solvers.integrate import integrate
-from ..solvers.solution import Solution
-from .deq import _check_input, _zeros
+from ..solvers import ODEMethod, integrate
+from ..solvers.packing import StatePacker
+from .inputs import check_input, zero_state
+from .output import NeuralODEOutput
+
+RHS = ("f_minus_z", "f")
+ADJOINTS = ("backprop", "backsolve")
+OUTPUTS = ("state", "f_of_state")
+
+
+def check_node_options(*, t1: float = 1.0, rhs: str = "f_minus_z", adjoint: str = "backprop",
+                       output: str = "state") -> None:
+    """Validate the options of a Neural ODE layer (the one place: layers and model configs call it)."""
+    _checks.positive("t1", t1)
+    _checks.one_of("rhs", rhs, RHS)
+    if not isinstance(adjoint, str):
+        raise TypeError(f"adjoint of a Neural ODE must be one of {ADJOINTS}, got {type(adjoint).__name__}")
+    _checks.one_of("adjoint", adjoint, ADJOINTS)
+    _checks.one_of("output", output, OUTPUTS)
 
 
 class NeuralODE(nn.Module):
-    """Neural ODE over ``[0, t1]`` with the DEQ's ``f``; ``forward(x) -> (z, solution)``."""
+    """Neural ODE over ``[0, t1]`` with the DEQ's ``f``; ``forward(x) -> (z, output)``
+    (:class:`~pycdeq.layers.output.NeuralODEOutput`)."""
 
     variant = "node"
 
-    def __init__(self, f: nn.Module, method, *, t1: float = 1.0, rhs: str = "f_minus_z",
+    def __init__(self, f: nn.Module, method: ODEMethod, *, t1: float = 1.0, rhs: str = "f_minus_z",
                  adjoint: str = "backprop", output: str = "state", state_shape=None):
         super().__init__()
         if not callable(f):
             raise TypeError(f"f must be a callable nn.Module f(z, x), got {type(f).__name__}")
-        if getattr(method, "kind", None) != "continuous":
+        if not isinstance(method, ODEMethod):
             raise TypeError(f"method must be an ODE method (Tsit5(), Dopri5(), ...), got {type(method).__name__}")
-        _checks.positive("t1", t1)
-        _checks.one_of("rhs", rhs, ("f_minus_z", "f"))
-        _checks.one_of("adjoint", adjoint, ("backprop", "backsolve"))
-        _checks.one_of("output", output, ("state", "f_of_state"))
+        check_node_options(t1=t1, rhs=rhs, adjoint=adjoint, output=output)
         self.f = f
         self.g = None
         self.method = method
@@ -50,8 +63,8 @@ class NeuralODE(nn.Module):
         self.state_shape = state_shape
 
     def forward(self, x: torch.Tensor):
-        _check_input(x)
-        z0 = _zeros(self.state_shape, x)
+        check_input(x)
+        z0 = zero_state(self.state_shape, x)
         subtract = self.rhs == "f_minus_z"
         packer = StatePacker(z0, "z0")
 
@@ -66,16 +79,9 @@ class NeuralODE(nn.Module):
 
         params = [*self.f.parameters(), x] if self.adjoint == "backsolve" else None
         trajectory = integrate(rhs, z0, self.t1, self.method, adjoint=self.adjoint, params=params)
-        z = trajectory.z
-        nfe = trajectory.nfe
+        z, nfe = trajectory.z, trajectory.nfe
         if self.output == "f_of_state":
-            z = self.f(z, x)
-            nfe += 1
-        flat = packer.pack(z)
-        zero = flat.new_zeros(())
-        solution = Solution(
-            z=z, z0=z0, residual=torch.full((flat.shape[0],), float("nan"), dtype=flat.dtype, device=flat.device),
-            status=trajectory.status, iterations=trajectory.accepted_steps + trajectory.rejected_steps,
-            nfe=nfe, steps=trajectory.steps, accepted_steps=trajectory.accepted_steps,
-            rejected_steps=trajectory.rejected_steps, t=trajectory.t, skip_loss=zero, jacobian_loss=zero)
-        return z, solution
+            z, nfe = self.f(z, x), nfe + 1
+        zero = packer.pack(z).new_zeros(())
+        return z, NeuralODEOutput(nfe=nfe, status=trajectory.status, skip_loss=zero, jacobian_loss=zero,
+                                  trajectory=trajectory)

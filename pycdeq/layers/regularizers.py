@@ -17,7 +17,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Tuple
 
 import torch
 
@@ -33,11 +33,13 @@ class JacobianRegularization:
     def __post_init__(self):
         _checks.positive_int("num_vectors", self.num_vectors)
 
-    def __call__(self, flat_fn: Callable[[torch.Tensor], torch.Tensor], z_star: torch.Tensor) -> torch.Tensor:
-        """Estimate ``mean_b ||J_b||_F^2 / d`` at the flat fixed point ``z_star`` ``(B, d)``."""
+    def __call__(self, flat_fn: Callable[..., torch.Tensor], z_star: torch.Tensor,
+                 args: Tuple[torch.Tensor, ...] = ()) -> torch.Tensor:
+        """Estimate ``mean_b ||J_b||_F^2 / d`` at the flat fixed point ``z_star`` ``(B, d)`` of
+        ``flat_fn(z, *args)``."""
         z = z_star.detach().requires_grad_(True)
         with torch.enable_grad():
-            fz = flat_fn(z)
+            fz = flat_fn(z, *args)
             total = fz.new_zeros(())
             for _ in range(self.num_vectors):
                 v = torch.randn_like(fz)

@@ -19,13 +19,14 @@ from typing import Any, Optional, Tuple, Union
 from torch import nn
 
 from .. import _checks
-from ..adjoints.methods import Adjoint
+from ..layers.deq import OUTPUTS, check_layer_options
+from ..layers.neural_ode import check_node_options
+from ..solvers import DiscreteSolver, ODEMethod, Solver
 from ..layers.regularizers import JacobianRegularization
 from . import defaults
 
 ARCHITECTURES = ("mnist-dense", "mnist-conv", "cifar10-small", "cifar10-large")
 VARIANTS = ("vanilla", "skip", "skip_reg", "node")
-NODE_ADJOINTS = ("backprop", "backsolve")
 
 
 def _int_tuple(name: str, value) -> Tuple[int, ...]:
@@ -158,7 +159,7 @@ class ModelConfig:
         _checks.positive_int("num_classes", self.num_classes)
         self._resolve_sizes()
         self._resolve_input_shape()
-        _checks.one_of("output", self.output, ("iterate", "f_of_iterate"))
+        _checks.one_of("output", self.output, OUTPUTS)
         self._resolve_solver()
         self._check_variant_options()
 
@@ -191,12 +192,11 @@ class ModelConfig:
         if solver is None:
             solver = (defaults.node_method(self.architecture) if node
                       else defaults.solver(self.architecture, continuous=self.continuous))
-        kind = getattr(solver, "kind", None)
-        if kind not in ("discrete", "continuous") or not callable(getattr(solver, "solve_flat", None)):
+        if not isinstance(solver, Solver):
             raise TypeError(f"solver must be a pycdeq solver or ODE method, got {type(solver).__name__}")
-        if node and kind != "continuous":
+        if node and not isinstance(solver, ODEMethod):
             raise ValueError(f"variant 'node' needs an ODE method as solver, got {type(solver).__name__}")
-        if not node and kind != ("continuous" if self.continuous else "discrete"):
+        if not node and not isinstance(solver, ODEMethod if self.continuous else DiscreteSolver):
             want = "an ODE method (e.g. Tsit5)" if self.continuous else "a discrete solver (e.g. Broyden)"
             raise ValueError(f"continuous={self.continuous} needs {want} as solver, got {type(solver).__name__}")
         object.__setattr__(self, "solver", solver)
@@ -204,29 +204,19 @@ class ModelConfig:
         adjoint = self.adjoint
         if node:
             adjoint = "backprop" if adjoint is None else adjoint
-            if not isinstance(adjoint, str):
-                raise TypeError(f"adjoint of variant 'node' must be one of {NODE_ADJOINTS}, "
-                                f"got {type(adjoint).__name__}")
-            _checks.one_of("adjoint", adjoint, NODE_ADJOINTS)
         else:
             adjoint = defaults.adjoint(self.architecture) if adjoint is None else adjoint
-            if not isinstance(adjoint, Adjoint):
-                raise TypeError("adjoint must be one of GMRES, FixedPointAdjoint, JFB, Unrolled; "
-                                f"got {type(adjoint).__name__}")
         object.__setattr__(self, "adjoint", adjoint)
 
     def _check_variant_options(self) -> None:
+        # The layers own their options' rules: validate by the same functions they call.
         if self.variant == "node":
             inapplicable = {"input_gradient": "implicit", "on_nonconvergence": "warn", "jacobian_reg": None}
-            _checks.positive("t1", self.t1)
-            _checks.one_of("rhs", self.rhs, ("f_minus_z", "f"))
+            check_node_options(t1=self.t1, rhs=self.rhs, adjoint=self.adjoint)
         else:
             inapplicable = {"t1": 1.0, "rhs": "f_minus_z"}
-            _checks.one_of("input_gradient", self.input_gradient, ("implicit", "final_call"))
-            _checks.one_of("on_nonconvergence", self.on_nonconvergence, ("warn", "raise", "ignore"))
-            if self.jacobian_reg is not None and not isinstance(self.jacobian_reg, JacobianRegularization):
-                raise TypeError(f"jacobian_reg must be a JacobianRegularization or None, "
-                                f"got {type(self.jacobian_reg).__name__}")
+            check_layer_options(adjoint=self.adjoint, jacobian_reg=self.jacobian_reg,
+                                on_nonconvergence=self.on_nonconvergence, input_gradient=self.input_gradient)
         for name, default in inapplicable.items():
             if getattr(self, name) != default:
                 kind = "the Neural ODE (variant 'node')" if self.variant == "node" else "DEQ variants"

@@ -10,14 +10,16 @@ cifar10-large      0.05       18          GMRES 20    rel, best iterate      VCA
 
 * Continuous DEQ: the ODE method (Tsit5 for MNIST, VCAB3 for CIFAR, as in the paper) with the
   **termination** at the paper's tolerance ("relative tolerance
-  0.05"); the integrator's own error tolerances are ``rtol = atol = tolerance / 5``. (The
+  0.05"); the integrator's own error tolerances are ``rtol = atol = tolerance / 5``
+  (:func:`pycdeq.solvers.ode.integrator_tolerance`, the one home of that rule). (The
   reference ran with OrdinaryDiffEq's defaults ``rtol=1e-3, atol=1e-6``, §8.1; in float32 an
   ``atol`` of 1e-6 makes rounding drive the step control and about doubles the nfe of the
   MNIST-dense solve, measured 211 vs 89 per batch, for no gain in the steady state.)
   The first step is ``dt0 = 1``, the time scale of the ``-z`` term, instead of Hairer's
   selection, which spends one to four evaluations and starts two to three steps too small
   (MNIST-dense at initialisation: 61 instead of 76 evaluations per batch, same ``t``).
-* Discrete DEQ: limited-memory Broyden, ``memory = min(max_iter, 27)`` as the reference.
+* Discrete DEQ: limited-memory Broyden, ``memory = min(max_iter, 27)`` as the reference
+  (:func:`discrete_solver`).
 * Termination per sample (pycdeq's rule; the reference used one norm over the batch).
 * Adjoint: GMRES with ``rtol`` = the paper's tolerance and at most its ``itmax`` products.
   The paper's ``atol`` (also 0.05) is not used: it applied to a batch-wide vector whose size
@@ -31,10 +33,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..adjoints.methods import GMRES
-from ..solvers.broyden import Broyden
-from ..solvers.ode import VCAB3, Tsit5
-from ..solvers.termination import Termination
+from ..adjoints import GMRES
+from ..solvers import VCAB3, Broyden, Termination, Tsit5
+from ..solvers.ode import integrator_tolerance
 
 
 @dataclass(frozen=True)
@@ -53,8 +54,8 @@ PAPER_SETTINGS = {
     "cifar10-large": PaperSettings(0.05, 18, 20, best=True, multistep=True),
 }
 
-#: The integrator's local-error tolerances relative to the steady-state tolerance.
-INTEGRATOR_FRACTION = 0.2
+#: The reference's L-Broyden memory (at most this many rank-one pairs).
+BROYDEN_MEMORY = 27
 #: The continuous DEQ's first step: the time scale of ``dz/dt = f(z) - z`` near a fixed point.
 STEADY_STATE_DT0 = 1.0
 
@@ -72,10 +73,15 @@ def solver(architecture: str, *, continuous: bool):
     """The DEQ solver of the paper for ``architecture``: an ODE method or L-Broyden."""
     s = PAPER_SETTINGS[architecture]
     if continuous:
-        integrator = INTEGRATOR_FRACTION * s.tolerance
+        integrator = integrator_tolerance(s.tolerance)
         return _method_class(s)(rtol=integrator, atol=integrator, dt0=STEADY_STATE_DT0,
                                 termination=termination(architecture), max_steps=s.max_steps)
-    return Broyden(max_iter=s.max_steps, memory=min(s.max_steps, 27), termination=termination(architecture))
+    return discrete_solver(s.max_steps, termination(architecture))
+
+
+def discrete_solver(max_iter: int, termination: Termination) -> Broyden:
+    """The reference's discrete solver: L-Broyden with ``min(max_iter, 27)`` pairs."""
+    return Broyden(max_iter=max_iter, memory=min(max_iter, BROYDEN_MEMORY), termination=termination)
 
 
 def adjoint(architecture: str) -> GMRES:

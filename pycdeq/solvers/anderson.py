@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import _checks
-from ._state import history_combine, history_dot, write_slot
+from .history import history_combine, history_dot, write_slot
 from .discrete import DiscreteSolver
 
 

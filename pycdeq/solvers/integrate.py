@@ -28,10 +28,11 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from .. import _checks
-from ._state import StatePacker
-from .controller import initial_step, underflow
+from . import adaptive
+from .controller import initial_step
+from .ode import ODEMethod
+from .packing import StatePacker
 from .solution import State, Status
-from .steady_state import time_dtype
 
 
 @dataclass
@@ -85,8 +86,77 @@ def _eval_times(t_eval, t0: float, t1: float, device) -> Optional[torch.Tensor]:
     return times.to(device)
 
 
+class Integration(adaptive.Goal):
+    """The goal of :func:`integrate_flat`: every sample steps onto each target time in turn
+    (the ``t_eval`` times after ``t0``, then ``t1``), shortening the step that would pass
+    it, and records the state there; it is done (``CONVERGED``) on ``t1``."""
+
+    def __init__(self, y0: torch.Tensor, t0: float, t1: float, t_eval: Optional[torch.Tensor], tdtype,
+                 fixed_step: bool):
+        batch, device = y0.shape[0], y0.device
+        self.time_scale = t1 - t0
+        self.fixed_step = fixed_step
+        self.ys = None
+        slot_of_target, target_times = [], []
+        if t_eval is not None:
+            ys = y0.new_zeros((t_eval.numel(),) + tuple(y0.shape))
+            at_start = (t_eval == t0)[:, None, None]
+            self.ys = torch.where(at_start, y0[None], ys)
+            later = [(i, float(v)) for i, v in enumerate(t_eval.tolist()) if v > t0]
+            slot_of_target = [i for i, _ in later]
+            target_times = [v for _, v in later]
+        if not target_times or target_times[-1] < t1:
+            target_times.append(t1)
+            slot_of_target.append(-1)
+        self.targets = torch.tensor(target_times, dtype=tdtype, device=device)
+        self.slots = torch.tensor(slot_of_target, dtype=torch.long, device=device)
+        self.last_target = len(target_times) - 1
+        self.slot_range = torch.arange(self.ys.shape[0], device=device)[:, None] if self.ys is not None else None
+        self.target_index = torch.zeros(batch, dtype=torch.long, device=device)
+        self.status = torch.full((batch,), Status.RUNNING, dtype=torch.int8, device=device)
+        self._target = None
+
+    def running(self) -> torch.Tensor:
+        return self.status == Status.RUNNING
+
+    def step_size(self, t, dt):
+        self._target = self.targets[self.target_index]
+        remaining = self._target - t
+        clipped = dt >= remaining
+        return torch.where(clipped, remaining, dt), clipped
+
+    def screen(self, accept, result, running):
+        if not self.fixed_step:
+            return accept
+        # Without an error estimate, a NaN/Inf is only seen in the new derivative.
+        finite = torch.isfinite(result.k).all(dim=1)
+        self.status = torch.where(running & ~finite, torch.full_like(self.status, Status.NON_FINITE), self.status)
+        return accept & finite
+
+    def limit(self, dt_next, dt, take, clipped, result, y, k):
+        # A step shortened to hit a target says little about the next one: keep the larger of
+        # the controller's proposal and the step it had proposed before shortening.
+        return torch.where(take & clipped, torch.maximum(dt_next, dt), dt_next)
+
+    def land(self, t, h, take, clipped):
+        # Land exactly on the target (t + h may round past it).
+        return torch.where(take, torch.where(clipped, self._target, t + h), t)
+
+    def record(self, step, take, clipped, y, k, t) -> None:
+        hit = take & clipped
+        if self.ys is not None:
+            slot = self.slots[self.target_index]
+            self.ys = torch.where(((self.slot_range == slot[None]) & hit[None])[:, :, None], y[None], self.ys)
+        done = hit & (self.target_index == self.last_target)
+        self.status = torch.where(done, torch.full_like(self.status, Status.CONVERGED), self.status)
+        self.target_index = torch.where(hit & ~done, self.target_index + 1, self.target_index)
+
+    def stop(self, mask: torch.Tensor) -> None:
+        self.status = torch.where(mask, torch.full_like(self.status, Status.DT_MIN), self.status)
+
+
 def integrate_flat(method, rhs: Callable, y0: torch.Tensor, t0: float, t1: float,
-               t_eval: Optional[torch.Tensor] = None, error_columns: Optional[int] = None) -> _Run:
+                   t_eval: Optional[torch.Tensor] = None, error_columns: Optional[int] = None) -> _Run:
     """Integrate the flat field ``rhs(t, y)`` (``t`` per sample, ``y``'s dtype) from ``t0`` to ``t1``.
 
     Runs under whatever autograd mode the caller chose. ``t_eval`` (float64, in ``[t0, t1]``,
@@ -94,94 +164,26 @@ def integrate_flat(method, rhs: Callable, y0: torch.Tensor, t0: float, t1: float
     leading columns (the backsolve adjoint's seminorm).
     """
     batch, device = y0.shape[0], y0.device
-    tdtype = time_dtype(device)
-    stepper = method.stepper()
-    controller = method.controller()
-    if error_columns is not None and controller.adaptive:
-        controller = replace(controller, error_columns=error_columns)
-    interval = method.termination.check_interval(device)
-
-    # Targets each sample steps onto, in order: the t_eval times after t0, then t1.
-    ys = None
-    slot_of_target = []
-    if t_eval is not None:
-        ys = y0.new_zeros((t_eval.numel(),) + tuple(y0.shape))
-        at_start = (t_eval == t0)[:, None, None]
-        ys = torch.where(at_start, y0[None], ys)
-        later = [(i, float(v)) for i, v in enumerate(t_eval.tolist()) if v > t0]
-        slot_of_target = [i for i, _ in later]
-        target_times = [v for _, v in later]
-    else:
-        target_times = []
-    if not target_times or target_times[-1] < t1:
-        target_times.append(t1)
-        slot_of_target.append(-1)
-    targets = torch.tensor(target_times, dtype=tdtype, device=device)
-    slots = torch.tensor(slot_of_target, dtype=torch.long, device=device)
-    last_target = len(target_times) - 1
-    slot_range = torch.arange(ys.shape[0], device=device)[:, None] if ys is not None else None
-
+    tdtype = adaptive.time_dtype(device)
+    tolerances = method.tolerances()
+    if tolerances is not None and error_columns is not None:
+        tolerances = replace(tolerances, columns=error_columns)
+    goal = Integration(y0, t0, t1, t_eval, tdtype, fixed_step=tolerances is None)
     t = torch.full((batch,), float(t0), dtype=tdtype, device=device)
-    y = y0
-    k = rhs(t.to(y0.dtype), y)
+    k = rhs(t.to(y0.dtype), y0)
     nfe = 1
     if method.initial_dt is None:
-        dt, evaluations = initial_step(rhs, t.to(y0.dtype), y, k, controller, tdtype)
+        dt, evaluations = initial_step(rhs, t.to(y0.dtype), y0, k, rtol=tolerances.rtol, atol=tolerances.atol,
+                                       error_order=method.error_order, time_dtype=tdtype,
+                                       columns=tolerances.columns)
         nfe += evaluations
     else:
         dt = torch.full((batch,), float(method.initial_dt), dtype=tdtype, device=device)
     dt = torch.clamp(dt, max=t1 - t0)
-    prev_ratio = controller.initial_state(dt)
-    target_index = torch.zeros(batch, dtype=torch.long, device=device)
-    status = torch.full((batch,), Status.RUNNING, dtype=torch.int8, device=device)
-    accepted = torch.zeros(batch, dtype=torch.long, device=device)
-    rejected = torch.zeros_like(accepted)
-    running = status == Status.RUNNING
-    steps = 0
-    while steps < method.max_steps:
-        if steps % interval == 0 and not bool(running.any()):
-            break
-        target = targets[target_index]
-        remaining = target - t
-        clip = dt >= remaining
-        # Finished samples step with h = 0: rhs sees exactly their frozen state.
-        h = torch.where(running, torch.where(clip, remaining, dt), torch.zeros_like(dt))
-        result = stepper.step(rhs, t, y, k, h)
-        nfe += result.evaluations
-        steps += 1
-        ratio = None if result.error is None else controller.error_ratio(result.error, y, result.y)
-        accept, dt_next, prev_next = controller.adapt(h, ratio, prev_ratio, result.error_order)
-        if not controller.adaptive:
-            # Without an error estimate, a NaN/Inf is only seen in the new derivative.
-            finite = torch.isfinite(result.k).all(dim=1)
-            status = torch.where(running & ~finite, torch.full_like(status, Status.NON_FINITE), status)
-            accept = accept & finite
-        take = running & accept
-        stepper.commit(take)
-        y = torch.where(take[:, None], result.y, y)
-        k = torch.where(take[:, None], result.k, k)
-        # Land exactly on the target (t + h may round past it).
-        t = torch.where(take, torch.where(clip, target, t + h), t)
-        accepted = accepted + take.long()
-        rejected = rejected + (running & ~accept).long()
-        hit = take & clip
-        if ys is not None:
-            slot = slots[target_index]
-            ys = torch.where(((slot_range == slot[None]) & hit[None])[:, :, None], y[None], ys)
-        done = hit & (target_index == last_target)
-        status = torch.where(done, torch.full_like(status, Status.CONVERGED), status)
-        target_index = torch.where(hit & ~done, target_index + 1, target_index)
-        # A step shortened to hit a target says little about the next one: keep the larger of
-        # the controller's proposal and the step it had proposed before shortening.
-        dt_next = torch.where(hit, torch.maximum(dt_next, dt), dt_next)
-        dt = torch.where(running, dt_next, dt)
-        prev_ratio = torch.where(running, prev_next, prev_ratio)
-        running = status == Status.RUNNING
-        too_small = running & underflow(dt, t, controller.dt_min, t1 - t0, y0.dtype)
-        status = torch.where(too_small, torch.full_like(status, Status.DT_MIN), status)
-        running = status == Status.RUNNING
-    status = torch.where(running, torch.full_like(status, Status.MAX_ITERS), status)
-    return _Run(y, ys, t, status, accepted, rejected, nfe, steps)
+    loop = adaptive.run(goal, method.stepper(), method.controller, tolerances, method.error_order, rhs, y0, k,
+                        t, dt, max_steps=method.max_steps, interval=method.termination.check_interval(device))
+    status = torch.where(goal.running(), torch.full_like(goal.status, Status.MAX_ITERS), goal.status)
+    return _Run(loop.y, goal.ys, loop.t, status, loop.accepted, loop.rejected, nfe + loop.nfe, loop.steps)
 
 
 def _time(name: str, value) -> float:
@@ -213,7 +215,7 @@ def integrate(rhs: Callable[[torch.Tensor, State], State], z0: State, t1: float,
     injection ``x``) in ``params``: tensors captured by ``rhs`` but not listed get no
     gradient. ``params`` is not needed with ``"backprop"``.
     """
-    if getattr(method, "kind", None) != "continuous" or not callable(getattr(method, "stepper", None)):
+    if not isinstance(method, ODEMethod):
         raise TypeError(f"method must be an ODE method (Tsit5(), Dopri5(), BS3(), Euler(), RK4()), "
                         f"got {type(method).__name__}")
     if not callable(rhs):

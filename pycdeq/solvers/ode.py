@@ -11,14 +11,15 @@ An ODE method is a frozen dataclass of options, used two ways:
 Two tolerances, two jobs. ``rtol``/``atol`` bound the integrator's local error per step
 (:mod:`.controller`); ``termination`` decides when a sample is at steady state. Integration
 error feeds into the residual, so a steady-state test as loose as the integrator leaves the
-residual hovering around the threshold (``shared/reference/continuous-solve-notes.md``: every
-sample ran to the step budget with the integrator at 1e-2 and the test at 5e-3).
+residual hovering around the threshold (``docs/continuous-solve.md``: every sample ran to the
+step budget with the integrator at 1e-2 and the test at 5e-3).
 
 **The rule** (checked at construction, ``ValueError`` otherwise): with ``tau`` the
 steady-state tolerance (``abstol`` in mode ``"abs"``, ``reltol`` in ``"rel"``, the smaller of
 the two in ``"norm"``), ``max(rtol, atol) * TOLERANCE_MARGIN <= tau`` (``TOLERANCE_MARGIN = 2``).
 When ``termination`` is omitted it is ``Termination(mode="abs", abstol=5 * max(rtol, atol),
-norm="max")``: stop when every element of ``fn(z) - z`` is within ``tau`` (the prototype's
+norm="max")``, and where pycdeq picks the integrator for a given steady-state tolerance (the
+paper's models, the estimator) it picks ``tau / 5`` (:func:`integrator_tolerance`): stop when every element of ``fn(z) - z`` is within ``tau`` (the prototype's
 1e-3 / 5e-3 pairing). Absolute and element-wise because a relative test is fooled by a large
 constant component (its ``||fn(z)||`` passes the test at ``t = 0``: diffrax #448) and an
 ``l2`` test's meaning changes with the state's size; ``mode="rel"`` (the paper's) remains
@@ -34,16 +35,19 @@ sample that still cannot reach its test reports ``MAX_ITERS``, never a silent su
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from dataclasses import dataclass, field
-from typing import Callable, ClassVar, Optional
+from typing import ClassVar, Optional, Tuple, Union
 
 import torch
 
 from .. import _checks
-from .controller import FixedStep, PIController
+from .adaptive import Tolerances
+from .base import FlatMap, Solver
+from .controller import FixedStep, PIController, StepSizeController
 from .multistep import AB3_STABILITY_BOUNDARY, AdamsBashforth
 from .runge_kutta import RungeKutta
-from .solution import Solution
+from .solution import SolverRecord
 from .steady_state import solve_steady_state
 from .tableaus import BS3 as _BS3
 from .tableaus import DOPRI5 as _DOPRI5
@@ -59,7 +63,8 @@ TOLERANCE_MARGIN = 2.0
 DEFAULT_TERMINATION_FACTOR = 5.0
 
 
-def _steady_state_tolerance(termination: Termination) -> float:
+def steady_state_tolerance(termination: Termination) -> float:
+    """The tolerance ``tau`` of a steady-state test (the tightest one it applies)."""
     if termination.mode == "abs":
         return termination.abstol
     if termination.mode == "rel":
@@ -67,8 +72,62 @@ def _steady_state_tolerance(termination: Termination) -> float:
     return min(termination.abstol, termination.reltol)
 
 
+def integrator_tolerance(steady_state: float) -> float:
+    """The integrator tolerance pycdeq pairs with a steady-state tolerance ``tau``:
+    ``tau / DEFAULT_TERMINATION_FACTOR`` (the inverse of the default termination)."""
+    return steady_state / DEFAULT_TERMINATION_FACTOR
+
+
+class ODEMethod(Solver):
+    """An ODE method: a stepper (Runge-Kutta tableau or multistep rule) and a step-size
+    controller. As a :class:`Solver` it integrates ``dz/dt = fn(z) - z`` to steady state.
+
+    Subclasses are frozen dataclasses with ``termination`` and ``max_steps`` fields.
+    """
+
+    max_steps: int
+    controller: StepSizeController
+    #: Steady-state solve only: cap the step at this fraction of the estimated stability
+    #: limit (``None``: no cap).
+    stability_factor: Optional[float] = None
+
+    @abstractmethod
+    def stepper(self) -> Union[RungeKutta, AdamsBashforth]:
+        """A fresh stepper for one solve (a multistep stepper keeps per-sample history)."""
+
+    @property
+    @abstractmethod
+    def initial_dt(self) -> Optional[float]:
+        """The first step of every sample; ``None``: Hairer's selection per sample."""
+
+    @property
+    @abstractmethod
+    def error_order(self) -> int:
+        """Power of ``h`` in the local error estimate (the controller's exponent)."""
+
+    @property
+    @abstractmethod
+    def stability_boundary(self) -> float:
+        """Largest stable ``h * lam`` for a real eigenvalue ``-lam`` (the stability cap's scale)."""
+
+    @abstractmethod
+    def tolerances(self) -> Optional[Tolerances]:
+        """The error norm's tolerances (``None``: a fixed-step method, no error estimate)."""
+
+    def solve_flat(self, fn: FlatMap, z0: torch.Tensor, args: Tuple[torch.Tensor, ...] = ()) -> SolverRecord:
+        """Integrate ``dz/dt = fn(z, *args) - z`` per sample to steady state (adds ``t``,
+        ``accepted_steps``, ``rejected_steps`` to the record)."""
+        return solve_steady_state(self, fn, z0, args)
+
+
+def _check_common(method: ODEMethod) -> None:
+    _checks.positive_int("max_steps", method.max_steps, allow_zero=True)
+    if not isinstance(method.termination, Termination):
+        raise TypeError(f"termination must be a Termination, got {type(method.termination).__name__}")
+
+
 @dataclass(frozen=True)
-class AdaptiveMethod:
+class AdaptiveMethod(ODEMethod):
     """Options shared by the adaptive (embedded-error) methods; see the module docstring.
 
     ``termination=None`` is replaced at construction by the default derived from the
@@ -76,28 +135,21 @@ class AdaptiveMethod:
     ``max_steps`` bounds accepted + rejected steps per solve. ``dt0=None`` picks each
     sample's first step by Hairer's algorithm (refined from a zero state; one to four
     evaluations); for a continuous DEQ ``dt0=1`` (the time scale of the ``-z`` term) saves
-    another ~10 %. The controller fields are those of
-    :class:`~pycdeq.solvers.controller.PIController`; the PI gains ``pcoeff=0.2, icoeff=0.8``
-    took 15-20 % fewer evaluations on the MNIST-dense steady state than torchode's default
-    0.2/0.5. ``dt_min`` is the step below which a sample stops with status ``DT_MIN``.
+    another ~10 %. ``controller``: the step-size controller's options
+    (:class:`~pycdeq.solvers.controller.PIController`: gains, safety, growth bounds and
+    ``dt_min``, the step below which a sample stops with status ``DT_MIN``).
     ``stability_factor`` (steady-state solve only; ``None`` disables) caps the step at that
     fraction of the stability limit estimated for the sample.
     """
 
     rtol: float = 1e-3
     atol: float = 1e-3
-    termination: Optional[Termination] = None
+    termination: Optional[Termination] = None  # type: ignore[assignment]  # resolved in __post_init__
     max_steps: int = 100
     dt0: Optional[float] = None
-    safety: float = 0.9
-    factor_min: float = 0.2
-    factor_max: float = 10.0
-    pcoeff: float = 0.2
-    icoeff: float = 0.8
-    dt_min: float = 0.0
+    controller: PIController = field(default_factory=PIController)
     stability_factor: Optional[float] = 0.8
 
-    kind: ClassVar[str] = "continuous"
     tableau: ClassVar[ButcherTableau]
 
     def __post_init__(self):
@@ -105,17 +157,10 @@ class AdaptiveMethod:
         _checks.positive("atol", self.atol, allow_zero=True)
         if self.rtol == 0 and self.atol == 0:
             raise ValueError("rtol and atol cannot both be 0")
-        _checks.positive_int("max_steps", self.max_steps, allow_zero=True)
         if self.dt0 is not None:
             _checks.positive("dt0", self.dt0)
-        _checks.in_range("safety", self.safety, 0.0, 1.0, low_open=True)
-        _checks.in_range("factor_min", self.factor_min, 0.0, 1.0, low_open=True, high_open=True)
-        _checks.positive("factor_max", self.factor_max)
-        if self.factor_max <= 1.0:
-            raise ValueError(f"factor_max must be > 1, got {self.factor_max}")
-        _checks.positive("pcoeff", self.pcoeff, allow_zero=True)
-        _checks.positive("icoeff", self.icoeff)
-        _checks.positive("dt_min", self.dt_min, allow_zero=True)
+        if not isinstance(self.controller, PIController):
+            raise TypeError(f"controller must be a PIController, got {type(self.controller).__name__}")
         if self.stability_factor is not None:
             _checks.in_range("stability_factor", self.stability_factor, 0.0, 1.0, low_open=True)
         tolerance = max(self.rtol, self.atol)
@@ -123,9 +168,8 @@ class AdaptiveMethod:
             object.__setattr__(self, "termination",
                                Termination(mode="abs", abstol=DEFAULT_TERMINATION_FACTOR * tolerance,
                                            norm="max"))
-        elif not isinstance(self.termination, Termination):
-            raise TypeError(f"termination must be a Termination, got {type(self.termination).__name__}")
-        tau = _steady_state_tolerance(self.termination)
+        _check_common(self)
+        tau = steady_state_tolerance(self.termination)
         if tolerance * TOLERANCE_MARGIN > tau:
             raise ValueError(
                 f"the integrator tolerance max(rtol, atol) = {tolerance:g} is too loose for the "
@@ -135,36 +179,25 @@ class AdaptiveMethod:
 
     @property
     def initial_dt(self) -> Optional[float]:
-        """The first step of every sample; ``None``: Hairer's selection per sample."""
         return self.dt0
 
     @property
     def error_order(self) -> int:
-        """Power of ``h`` in the local error estimate (the controller's exponent)."""
         return self.tableau.error_order
 
     @property
     def stability_boundary(self) -> float:
-        """Largest stable ``h * lam`` for a real eigenvalue ``-lam`` (the stability cap's scale)."""
         return self.tableau.stability_boundary
 
-    def stepper(self) -> RungeKutta:
+    def tolerances(self) -> Tolerances:
+        return Tolerances(self.rtol, self.atol)
+
+    def stepper(self) -> Union[RungeKutta, AdamsBashforth]:
         return RungeKutta(self.tableau)
-
-    def controller(self) -> PIController:
-        return PIController(rtol=self.rtol, atol=self.atol, error_order=self.error_order,
-                            safety=self.safety, factor_min=self.factor_min,
-                            factor_max=self.factor_max, pcoeff=self.pcoeff, icoeff=self.icoeff,
-                            dt_min=self.dt_min)
-
-    def solve_flat(self, fn: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor) -> Solution:
-        """Integrate ``dz/dt = fn(z) - z`` per sample to steady state (``Solution`` contract of
-        the discrete solvers; adds ``t``, ``accepted_steps``, ``rejected_steps``)."""
-        return solve_steady_state(self, fn, z0)
 
 
 @dataclass(frozen=True)
-class FixedStepMethod:
+class FixedStepMethod(ODEMethod):
     """Options of the fixed-step methods: step ``dt``, at most ``max_steps`` steps.
 
     As a DEQ solver, ``Euler(dt=1)`` is plain fixed-point iteration and ``Euler(dt<1)`` damped
@@ -175,31 +208,31 @@ class FixedStepMethod:
     termination: Termination = field(default_factory=Termination)
     max_steps: int = 1000
 
-    kind: ClassVar[str] = "continuous"
+    controller: ClassVar[FixedStep] = FixedStep()
+    stability_factor: ClassVar[Optional[float]] = None
     tableau: ClassVar[ButcherTableau]
 
     def __post_init__(self):
         _checks.positive("dt", self.dt)
-        _checks.positive_int("max_steps", self.max_steps, allow_zero=True)
-        if not isinstance(self.termination, Termination):
-            raise TypeError(f"termination must be a Termination, got {type(self.termination).__name__}")
+        _check_common(self)
 
     def stepper(self) -> RungeKutta:
         return RungeKutta(self.tableau)
-
-    def controller(self) -> FixedStep:
-        return FixedStep()
 
     @property
     def initial_dt(self) -> float:
         return self.dt
 
     @property
+    def error_order(self) -> int:
+        return self.tableau.order  # unused: no error estimate
+
+    @property
     def stability_boundary(self) -> float:
         return self.tableau.stability_boundary
 
-    def solve_flat(self, fn: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor) -> Solution:
-        return solve_steady_state(self, fn, z0)
+    def tolerances(self) -> None:
+        return None
 
 
 @dataclass(frozen=True)

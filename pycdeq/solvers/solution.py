@@ -1,71 +1,52 @@
-"""The record a solve returns, and the per-sample status codes.
+"""The records a solve returns, and the per-sample status codes.
 
-Every solver in pycdeq (discrete root finders and ODE integrators alike) returns a
-:class:`Solution`. Fields that are per sample are tensors of shape ``(batch,)`` that live on
-the state's device, so reading them never forces a host sync inside a solve; counters that
-describe the whole batch (``nfe``, ``steps``) are plain Python ints counted on the host.
+Two immutable records, each built once:
+
+* :class:`SolverRecord`: what a solver's loop returns, on the flat ``(batch, dim)`` state;
+* :class:`Solution`: what :func:`pycdeq.solve` returns: the same fields with ``z`` in the
+  user's structure, plus ``z0``, the total ``nfe`` (with the adjoint's extra call) and the
+  adjoint's statistics.
+
+Fields that are per sample are tensors of shape ``(batch,)`` that live on the state's
+device, so reading them never forces a host sync inside a solve; counters that describe the
+whole batch (``nfe``, ``steps``) are plain Python ints counted on the host.
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
-from typing import Optional, Tuple, Union
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Dict, Optional, Tuple, Union
 
 import torch
+
+if TYPE_CHECKING:  # the adjoints build on the solvers, not the other way round
+    from ..adjoints.base import AdjointStats
 
 State = Union[torch.Tensor, Tuple[torch.Tensor, ...]]
 
 
 class Status(enum.IntEnum):
-    """Why a sample stopped. Stored per sample as ``torch.int8`` in ``Solution.status``."""
+    """Why a sample stopped. Stored per sample as ``torch.int8``."""
 
-    RUNNING = -1  #: internal only: never appears in a returned Solution
-    CONVERGED = 0  #: passed the termination test
+    RUNNING = -1  #: internal only: never appears in a returned record
+    CONVERGED = 0  #: passed the termination test (integration: reached ``t1``)
     MAX_ITERS = 1  #: ran out of its iteration / step budget without converging
     DIVERGED = 2  #: the divergence guard (``Termination(safe=True)``) stopped it
     NON_FINITE = 3  #: NaN or Inf appeared in its residual
     DT_MIN = 4  #: ODE solvers: the step size underflowed (or became non-finite)
 
 
-@dataclass
-class AdjointStats:
-    """Statistics of the backward (adjoint) solve, filled in when ``backward`` runs."""
-
-    method: str
-    iterations: Optional[torch.Tensor] = None  #: (batch,) iterations each sample needed
-    residual: Optional[torch.Tensor] = None  #: (batch,) final ||(I - J^T) g - v|| per sample
-    converged: Optional[torch.Tensor] = None  #: (batch,) bool
-    vjps: int = 0  #: vector-Jacobian products evaluated on the batch
+def count_statuses(status: torch.Tensor) -> Dict[str, int]:
+    """``{status name: count}`` over a batch of status codes, for logs (one host sync)."""
+    counts = torch.bincount(status.long() + 1, minlength=len(Status)).tolist()
+    return {s.name.lower(): counts[s.value + 1] for s in Status if counts[s.value + 1]}
 
 
-@dataclass
-class Solution:
-    """Result of a fixed-point / steady-state solve.
+class _PerSampleStatus:
+    """``converged`` / ``num_nonconverged`` / ``status_counts`` of a record with ``status``."""
 
-    ``z`` is the returned iterate (the point whose residual is reported, not one extra
-    application of ``fn``). ``residual`` is ``||fn(z) - z||`` per sample in the norm of the
-    termination rule. ``iterations`` is when each sample stopped (solver iterations, or ODE
-    steps, accepted and rejected). ``nfe`` counts calls of ``fn`` on the batch.
-    """
-
-    z: State
-    z0: State
-    residual: torch.Tensor
     status: torch.Tensor
-    iterations: torch.Tensor
-    nfe: int
-    steps: int
-    # ODE solvers only: per-sample step statistics and the time each sample reached.
-    accepted_steps: Optional[torch.Tensor] = None
-    rejected_steps: Optional[torch.Tensor] = None
-    t: Optional[torch.Tensor] = None
-    # Filled in by the implicit adjoint's backward pass.
-    adjoint: Optional[AdjointStats] = None
-    # Filled in by the layers (zero tensors when the feature is off).
-    skip_loss: Optional[torch.Tensor] = None
-    jacobian_loss: Optional[torch.Tensor] = None
-    extra: dict = field(default_factory=dict)
 
     @property
     def converged(self) -> torch.Tensor:
@@ -77,7 +58,53 @@ class Solution:
         """How many samples did not converge (one host sync)."""
         return int((self.status != Status.CONVERGED).sum().item())
 
-    def status_counts(self) -> dict:
+    def status_counts(self) -> Dict[str, int]:
         """``{status name: count}`` over the batch, for logs (one host sync)."""
-        counts = torch.bincount(self.status.long() + 1, minlength=len(Status)).tolist()
-        return {s.name.lower(): counts[s.value + 1] for s in Status if counts[s.value + 1]}
+        return count_statuses(self.status)
+
+
+@dataclass(frozen=True)
+class SolverRecord(_PerSampleStatus):
+    """What a solver returns for the flat map ``fn: (batch, dim) -> (batch, dim)``.
+
+    ``z`` is the returned iterate (the point whose residual is reported, not one extra
+    application of ``fn``). ``residual`` is ``||fn(z) - z||`` per sample in the norm of the
+    termination rule. ``iterations`` is when each sample stopped (solver iterations, or ODE
+    steps, accepted and rejected). ``nfe`` counts calls of ``fn`` on the batch; ``steps`` the
+    loop's iterations (the slowest sample's).
+    """
+
+    z: torch.Tensor
+    residual: torch.Tensor
+    status: torch.Tensor
+    iterations: torch.Tensor
+    nfe: int
+    steps: int
+    # ODE methods only: per-sample step statistics and the time each sample reached.
+    accepted_steps: Optional[torch.Tensor] = None
+    rejected_steps: Optional[torch.Tensor] = None
+    t: Optional[torch.Tensor] = None
+
+
+@dataclass(frozen=True)
+class Solution(SolverRecord):
+    """Result of :func:`pycdeq.solve`: the solver's record on the user's state structure.
+
+    ``z`` and ``z0`` have the structure of the initial guess (tensor or tuple). ``nfe``
+    includes the one call of ``fn`` that attaches the implicit gradient. ``adjoint`` holds
+    the statistics of the backward solve, filled in by the adjoint when ``backward`` runs
+    (``None`` when no implicit gradient was attached: under ``torch.no_grad()``, or with
+    ``Unrolled``).
+    """
+
+    z: State  # type: ignore[assignment]  # the user's structure, not the flat state
+    z0: Optional[State] = None
+    adjoint: Optional["AdjointStats"] = None
+
+    @classmethod
+    def from_record(cls, record: SolverRecord, *, z: State, z0: State, extra_nfe: int = 0,
+                    adjoint: Optional["AdjointStats"] = None) -> "Solution":
+        """The solution of a solve whose solver returned ``record``."""
+        values = {f.name: getattr(record, f.name) for f in fields(SolverRecord)}
+        values.update(z=z, nfe=record.nfe + extra_nfe)
+        return cls(**values, z0=z0, adjoint=adjoint)

@@ -7,12 +7,11 @@ accept/reject decisions and status, and stops when it passes the termination rul
 (:class:`~pycdeq.solvers.termination.Termination`) on ``||fn(z) - z||``, which is exactly
 the ODE's right-hand side, so the test needs no extra evaluation.
 
-Loop invariants, per sample: ``z`` is the last accepted state and ``k = fn(z) - z`` its
-residual; the termination rule is applied to every accepted state (``SampleTracker``); a
-sample that stops is frozen bitwise (``torch.where``), steps with ``h = 0`` from then on (so
-``fn`` sees exactly its final state), and its step size and controller memory no longer
-change. A sample whose step size underflows stops with ``DT_MIN``; one that exhausts
-``max_steps`` (accepted + rejected) with ``MAX_ITERS``.
+The loop is :func:`.adaptive.run`; this module is its goal, :class:`SteadyState`: ``z`` is
+the last accepted state and ``k = fn(z) - z`` its residual; the termination rule is applied
+to every accepted state (``SampleTracker``), which decides which samples still run. A
+sample whose step size underflows stops with ``DT_MIN``; one that exhausts ``max_steps``
+(accepted + rejected) with ``MAX_ITERS``.
 
 Step size: the method's error controller, capped by a stability limit
 (:func:`~pycdeq.solvers.controller.stability_limit`) from a running per-sample estimate of
@@ -28,85 +27,85 @@ the whole batch.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Tuple
 
 import torch
 
-from ._state import SampleTracker
-from .controller import initial_step, stability_limit, underflow
+from . import adaptive
+from .base import FlatMap
+from .controller import initial_step, stability_limit
 from .runge_kutta import secant
-from .solution import Solution, Status
+from .solution import SolverRecord, Status
+from .tracker import SampleTracker
 
 
-def time_dtype(device: torch.device) -> torch.dtype:
-    """Times and step sizes are kept in float64 where the device has it (they are tiny
-    ``(batch,)`` vectors; float32 times lose steps near large ``t``)."""
-    return torch.float32 if device.type == "mps" else torch.float64
+class SteadyState(adaptive.Goal):
+    """The goal of a continuous DEQ solve: every sample runs until it passes its
+    termination test; the step is capped by the stability limit (module docstring)."""
+
+    def __init__(self, tracker: SampleTracker, stability_factor, stability_boundary: float, tdtype):
+        self.tracker = tracker
+        self.stability_factor = stability_factor
+        self.stiffness = stability_factor is not None
+        self.boundary = stability_boundary
+        self.rho = None  # running max of the stiffness estimate, per sample
+        self.tdtype = tdtype
+
+    def running(self) -> torch.Tensor:
+        return self.tracker.active
+
+    def field_time(self, t):
+        return None  # dz/dt = fn(z) - z is autonomous
+
+    def limit(self, dt_next, dt, take, clipped, result, y, k):
+        if self.stability_factor is None:
+            return dt_next
+        with torch.no_grad():
+            estimate = result.stiffness if result.stiffness is not None else secant(result.k, k, result.y, y)
+            estimate = estimate.to(self.tdtype)
+            rho = torch.zeros_like(estimate) if self.rho is None else self.rho
+            self.rho = torch.where(take & torch.isfinite(estimate), torch.maximum(rho, estimate), rho)
+            return torch.minimum(dt_next, stability_limit(self.rho, self.boundary, self.stability_factor))
+
+    def record(self, step, take, clipped, y, k, t) -> None:
+        self.tracker.observe(step, y, k + y)
+
+    def stop(self, mask: torch.Tensor) -> None:
+        self.tracker.status = torch.where(mask, torch.full_like(self.tracker.status, Status.DT_MIN),
+                                          self.tracker.status)
 
 
-def solve_steady_state(method, fn: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor) -> Solution:
-    """Run ``method`` (an ODE options object) on the flat map ``fn`` from ``z0``."""
-    termination = method.termination
-    stepper = method.stepper()
-    controller = method.controller()
-    stability = getattr(method, "stability_factor", None)
-    boundary = method.stability_boundary
-    tracker = SampleTracker(termination, z0)
-    interval = termination.check_interval(z0.device)
+def solve_steady_state(method, fn: FlatMap, z0: torch.Tensor, args: Tuple[torch.Tensor, ...] = ()) -> SolverRecord:
+    """Run ``method`` (an :class:`~pycdeq.solvers.ode.ODEMethod`) on the flat map ``fn(z, *args)``
+    from ``z0``."""
+    tracker = SampleTracker(method.termination, z0)
     batch, device = z0.shape[0], z0.device
-    tdtype = time_dtype(device)
+    tdtype = adaptive.time_dtype(device)
 
     def residual_field(_t, z):
-        return fn(z) - z
+        return fn(z, *args) - z
 
-    z = z0
-    fz = fn(z)
-    k = fz - z
+    fz = fn(z0, *args)
+    k = fz - z0
     nfe = 1
-    tracker.observe(0, z, fz)
+    tracker.observe(0, z0, fz)
     t = torch.zeros(batch, dtype=tdtype, device=device)
-    accepted = torch.zeros(batch, dtype=torch.long, device=device)
-    rejected = torch.zeros_like(accepted)
-    step = 0
+    zeros = torch.zeros(batch, dtype=torch.long, device=device)
+    loop = adaptive.LoopResult(z0, k, t, zeros, zeros, nfe=0, steps=0)
     # A batch already at steady state (or with no budget) returns z0 itself: no more calls.
     if method.max_steps > 0 and bool(tracker.active.any()):
+        tolerances = method.tolerances()
         if method.initial_dt is None:
-            dt, evaluations = initial_step(residual_field, None, z, k, controller, tdtype)
+            dt, evaluations = initial_step(residual_field, None, z0, k, rtol=tolerances.rtol, atol=tolerances.atol,
+                                           error_order=method.error_order, time_dtype=tdtype)
             nfe += evaluations
         else:
             dt = torch.full((batch,), float(method.initial_dt), dtype=tdtype, device=device)
-        prev_ratio = controller.initial_state(dt)
-        rho = torch.zeros_like(dt)  # running max of the stiffness estimate
-        while step < method.max_steps:
-            running = tracker.active
-            h = torch.where(running, dt, torch.zeros_like(dt))
-            result = stepper.step(residual_field, None, z, k, h, stiffness=stability is not None)
-            nfe += result.evaluations
-            step += 1
-            ratio = None if result.error is None else controller.error_ratio(result.error, z, result.y)
-            accept, dt_next, prev_next = controller.adapt(h, ratio, prev_ratio, result.error_order)
-            take = running & accept
-            stepper.commit(take)
-            if stability is not None:
-                with torch.no_grad():
-                    estimate = result.stiffness if result.stiffness is not None \
-                        else secant(result.k, k, result.y, z)
-                    estimate = estimate.to(tdtype)
-                    rho = torch.where(take & torch.isfinite(estimate), torch.maximum(rho, estimate), rho)
-                    dt_next = torch.minimum(dt_next, stability_limit(rho, boundary, stability))
-            z = torch.where(take[:, None], result.y, z)
-            k = torch.where(take[:, None], result.k, k)
-            t = torch.where(take, t + h, t)
-            accepted = accepted + take.long()
-            rejected = rejected + (running & ~accept).long()
-            dt = torch.where(running, dt_next, dt)
-            prev_ratio = torch.where(running, prev_next, prev_ratio)
-            tracker.observe(step, z, k + z)
-            too_small = tracker.active & underflow(dt, t, controller.dt_min, 1.0, z0.dtype)
-            tracker.status = torch.where(too_small, torch.full_like(tracker.status, Status.DT_MIN),
-                                         tracker.status)
-            if step % interval == 0 and not bool(tracker.active.any()):
-                break
-    z, residual, status = tracker.finish(z, method.max_steps)
-    return Solution(z=z, z0=z0, residual=residual, status=status, iterations=tracker.iterations,
-                    nfe=nfe, steps=step, accepted_steps=accepted, rejected_steps=rejected, t=t)
+        goal = SteadyState(tracker, method.stability_factor, method.stability_boundary, tdtype)
+        loop = adaptive.run(goal, method.stepper(), method.controller, tolerances, method.error_order,
+                            residual_field, z0, k, t, dt, max_steps=method.max_steps,
+                            interval=method.termination.check_interval(device))
+    z, residual, status = tracker.finish(loop.y, method.max_steps)
+    return SolverRecord(z=z, residual=residual, status=status, iterations=tracker.iterations,
+                        nfe=nfe + loop.nfe, steps=loop.steps, accepted_steps=loop.accepted,
+                        rejected_steps=loop.rejected, t=loop.t)

@@ -59,10 +59,6 @@ class ButcherTableau:
         return self.stages > 1 and self.c[-1] == 1.0 and tuple(self.a[-1]) == tuple(self.b[:-1]) \
             and self.b[-1] == 0.0
 
-    @property
-    def adaptive(self) -> bool:
-        return self.error is not None
-
     @functools.cached_property
     def stability_boundary(self) -> float:
         """Largest ``x`` with ``|R(-u)| <= 1`` for all ``0 <= u <= x``, where

@@ -25,11 +25,13 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
 
 from .. import _checks
-from ..adjoints.methods import GMRES
+from ..adjoints import GMRES
 from ..layers.deq import NonConvergenceWarning
 from ..models import build_model
-from ..solvers import Anderson, Broyden, FixedPoint, Status, Termination
-from ..solvers.ode import TOLERANCE_MARGIN, Tsit5
+from ..models.config import VARIANTS
+from ..models.defaults import discrete_solver
+from ..solvers import Anderson, FixedPoint, Status, Termination, Tsit5
+from ..solvers.ode import integrator_tolerance
 from .config import TrainConfig
 from .trainer import Trainer
 
@@ -39,7 +41,6 @@ except ImportError:  # pragma: no cover - older scikit-learn
     def _validate_data(estimator, *args, **kwargs):
         return estimator._validate_data(*args, **kwargs)
 
-VARIANTS = ("vanilla", "skip", "skip_reg", "node")
 SOLVERS = ("continuous", "anderson", "broyden", "fixed_point")
 #: GMRES iterations of the implicit backward pass (the paper's MNIST setting).
 ADJOINT_MAX_ITER = 15
@@ -201,17 +202,17 @@ class DEQClassifier(ClassifierMixin, BaseEstimator):
             return Tsit5(rtol=self.tol, atol=self.tol, max_steps=self.max_iter), "backprop"
         adjoint = GMRES(rtol=self.tol, max_iter=ADJOINT_MAX_ITER)
         if self.solver == "continuous":
-            # The integrator must be TOLERANCE_MARGIN times tighter than the steady-state test.
+            # pycdeq's integrator tolerance for the steady-state test, at most the reference's.
             # atol = rtol, not the reference's 1e-6: in float32 an error bound of 1e-6 on O(1)
             # states is at rounding level, so step control would follow rounding noise (measured on
             # digits: twice the nfe, and more samples whose step count depends on the batch).
-            rtol = min(INTEGRATOR_RTOL, self.tol / TOLERANCE_MARGIN)
+            rtol = min(INTEGRATOR_RTOL, integrator_tolerance(self.tol))
             solver = Tsit5(rtol=rtol, atol=rtol, termination=termination,
                            max_steps=self.max_iter)
         elif self.solver == "anderson":
             solver = Anderson(max_iter=self.max_iter, termination=termination)
         elif self.solver == "broyden":
-            solver = Broyden(max_iter=self.max_iter, memory=min(self.max_iter, 27), termination=termination)
+            solver = discrete_solver(self.max_iter, termination)
         else:
             solver = FixedPoint(max_iter=self.max_iter, termination=termination)
         return solver, adjoint

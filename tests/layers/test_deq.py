@@ -9,6 +9,8 @@ GMRES), with respect to every parameter (of ``f`` and of ``g``) and the input ``
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from torch.autograd import gradcheck
@@ -159,10 +161,15 @@ def test_state_shape_defaults_to_the_input_shape(build):
     assert torch.equal(solution.z0, torch.zeros_like(x))
 
 
-def test_solution_record_fields(build):
+def test_layer_output_fields(build):
     layer = build.dense_layer("vanilla", build.tight_anderson(abstol=1e-8)).double()
     z, solution = layer(_inputs())
-    assert solution.z is z
+    assert isinstance(solution, pycdeq.DEQOutput) and isinstance(solution.solution, pycdeq.Solution)
+    assert solution.solution.z is z and solution.status is solution.solution.status
+    with pytest.raises(dataclasses.FrozenInstanceError):  # built once, by the layer
+        solution.nfe = 0
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        solution.solution.nfe = 0
     assert solution.residual.shape == solution.status.shape == solution.converged.shape == (5,)
     assert solution.converged.dtype == torch.bool
     assert isinstance(solution.nfe, int) and solution.nfe >= 2

@@ -59,7 +59,7 @@ def test_linear_ode_matches_the_closed_form(rhs, t1):
     expected = _closed_form(layer.f.A.weight, x, t1, rhs)
     torch.testing.assert_close(z, expected, atol=1e-8, rtol=1e-8)
     assert bool(solution.converged.all())  # every sample reached t1
-    torch.testing.assert_close(solution.t, torch.full((3,), t1, dtype=torch.float64))
+    torch.testing.assert_close(solution.trajectory.t, torch.full((3,), t1, dtype=torch.float64))
 
 
 def test_f_of_state_output_applies_f_once_more():
@@ -119,15 +119,17 @@ def test_backprop_gradient_of_a_fixed_step_solve_matches_gradcheck():
     assert gradcheck(loss, (x, *params), eps=1e-6, atol=1e-8, rtol=1e-6)
 
 
-def test_solution_record_of_a_neural_ode():
+def test_a_neural_ode_returns_its_trajectory_not_a_deq_record():
     layer = _linear_layer()
     assert layer.variant == "node" and layer.g is None
-    z, solution = layer(torch.randn(3, DIM, dtype=torch.float64))
-    assert solution.skip_loss.shape == () and solution.skip_loss.item() == 0.0
-    assert solution.jacobian_loss.shape == () and solution.jacobian_loss.item() == 0.0
-    assert isinstance(solution.nfe, int) and solution.nfe > 6
-    assert (solution.accepted_steps > 0).all()
-    assert torch.equal(solution.z0, torch.zeros(3, DIM, dtype=torch.float64))
+    z, output = layer(torch.randn(3, DIM, dtype=torch.float64))
+    assert isinstance(output, pycdeq.NeuralODEOutput) and isinstance(output.trajectory, pycdeq.Trajectory)
+    assert not isinstance(output, pycdeq.DEQOutput) and not hasattr(output, "residual")
+    assert output.skip_loss.shape == () and output.skip_loss.item() == 0.0
+    assert output.jacobian_loss.shape == () and output.jacobian_loss.item() == 0.0
+    assert isinstance(output.nfe, int) and output.nfe == output.trajectory.nfe > 6
+    assert (output.trajectory.accepted_steps > 0).all()
+    assert output.trajectory.z is z and output.status is output.trajectory.status
 
 
 def test_no_graph_without_autograd():

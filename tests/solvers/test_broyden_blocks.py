@@ -25,16 +25,15 @@ def _problem(dtype, nan_sample=None):
     x = torch.randn(BATCH, DIM, generator=gen, dtype=torch.float64).to(dtype)
     calls = []
 
-    def fn(z, index=None):
+    def fn(z, r, inj, rows):  # batch-aligned args: a compacting solver hands over its rows
         calls.append(1)
-        r, inj = (rates, x) if index is None else (rates[index], x[index])
         out = r * torch.tanh(z @ w.T) + inj
         if nan_sample is not None and len(calls) > 3:
-            rows = torch.arange(BATCH) if index is None else index
             out = torch.where((rows == nan_sample)[:, None], float("nan"), out)
         return out
 
     fn.calls = calls
+    fn.args = (rates, x, torch.arange(BATCH))
     return fn, torch.zeros(BATCH, DIM, dtype=dtype), w
 
 
@@ -42,7 +41,7 @@ def _solve(fn, z0, solver, row_bytes, monkeypatch, grad=False):
     monkeypatch.setattr(broyden, "ROW_BYTES", row_bytes)
     fn.calls.clear()
     with torch.set_grad_enabled(grad):
-        return pycdeq.solve(fn, z0, solver)
+        return pycdeq.solve(fn, z0, solver, args=fn.args)
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-11), (torch.float32, 1e-5)])

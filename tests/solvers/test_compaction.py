@@ -21,23 +21,21 @@ def _problem(batch=24, dim=16, seed=0):
     x = torch.randn(batch, dim, generator=g, dtype=torch.float64)
     calls = []
 
-    def fn(z, index=None):
+    def fn(z, r, inj):  # the per-sample inputs arrive as batch-aligned args
         calls.append(z.shape[0])
-        r = rates if index is None else rates[index]
-        inj = x if index is None else x[index]
         return r * torch.tanh(z @ w.T) + inj
 
-    return fn, torch.zeros(batch, dim, dtype=torch.float64), calls
+    return fn, torch.zeros(batch, dim, dtype=torch.float64), (rates, x), calls
 
 
 @pytest.mark.parametrize("solver_class", SOLVERS)
 def test_compaction_gives_the_same_solution_with_fewer_rows(solver_class):
-    fn, z0, calls = _problem()
+    fn, z0, args, calls = _problem()
     term = pycdeq.Termination(abstol=1e-9)
-    plain = pycdeq.solve(lambda z: fn(z), z0, solver_class(max_iter=80, termination=term))
+    plain = pycdeq.solve(fn, z0, solver_class(max_iter=80, termination=term), args=args)
     plain_calls = list(calls)
     calls.clear()
-    compact = pycdeq.solve(fn, z0, solver_class(max_iter=80, termination=term, compact=True))
+    compact = pycdeq.solve(fn, z0, solver_class(max_iter=80, termination=term, compact=True), args=args)
     assert torch.equal(compact.status, plain.status)
     assert torch.equal(compact.iterations, plain.iterations)
     assert compact.nfe == plain.nfe
@@ -53,21 +51,22 @@ def test_compaction_gives_the_same_solution_with_fewer_rows(solver_class):
 
 
 def test_compaction_keeps_gradients_exact():
-    fn, z0, _ = _problem(batch=8, dim=6)
+    fn, z0, (rates, x), _ = _problem(batch=8, dim=6)
     scale = torch.tensor(0.9, dtype=torch.float64, requires_grad=True)
+    x = x.clone().requires_grad_(True)  # a batch-aligned arg gets its implicit gradient too
     term = pycdeq.Termination(abstol=1e-11)
 
-    def scaled(z, index=None):
-        return scale * fn(z, index)
+    def scaled(z, r, inj):
+        return scale * fn(z, r, inj)
 
     grads = []
     for compact in (False, True):
         solver = pycdeq.Anderson(max_iter=300, termination=term, compact=compact)
-        solution = pycdeq.solve(scaled if compact else (lambda z: scaled(z)), z0, solver,
-                                adjoint=pycdeq.GMRES(rtol=1e-12, max_iter=100))
+        solution = pycdeq.solve(scaled, z0, solver, args=(rates, x), adjoint=pycdeq.GMRES(rtol=1e-12, max_iter=100))
         keep = solution.converged
-        grads.append(torch.autograd.grad(solution.z[keep].sum(), scale)[0])
-    torch.testing.assert_close(grads[0], grads[1], rtol=1e-9, atol=1e-12)
+        grads.append(torch.autograd.grad(solution.z[keep].sum(), (scale, x)))
+    for plain, compacted in zip(*grads):
+        torch.testing.assert_close(compacted, plain, rtol=1e-9, atol=1e-12)
 
 
 def test_compacting_layer_matches_and_refuses_batch_statistics():
@@ -106,14 +105,13 @@ def test_compacting_layer_matches_and_refuses_batch_statistics():
 def test_compaction_on_tuple_states():
     rates = torch.linspace(0.05, 0.9, 10)
 
-    def fn(z, index=None):
-        r = rates if index is None else rates[index]
+    def fn(z, r):
         return (r[:, None, None] * z[0] + 1, 0.5 * z[1] + r[:, None])
 
     z0 = (torch.zeros(10, 2, 3), torch.zeros(10, 4))
     term = pycdeq.Termination(abstol=1e-6)
-    plain = pycdeq.solve(lambda z: fn(z), z0, pycdeq.FixedPoint(max_iter=200, termination=term))
-    compact = pycdeq.solve(fn, z0, pycdeq.FixedPoint(max_iter=200, termination=term, compact=True))
+    plain = pycdeq.solve(fn, z0, pycdeq.FixedPoint(max_iter=200, termination=term), args=(rates,))
+    compact = pycdeq.solve(fn, z0, pycdeq.FixedPoint(max_iter=200, termination=term, compact=True), args=(rates,))
     for a, b in zip(compact.z, plain.z):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert torch.equal(compact.iterations, plain.iterations)
@@ -122,3 +120,11 @@ def test_compaction_on_tuple_states():
 def test_compact_must_be_a_bool():
     with pytest.raises(TypeError, match="compact"):
         pycdeq.Anderson(compact=1)
+
+
+def test_args_must_be_batch_aligned_tensors():
+    z0 = torch.zeros(4, 3)
+    with pytest.raises(ValueError, match=r"args\[0\] must be a tensor with the batch \(4\)"):
+        pycdeq.solve(lambda z, a: z * 0 + a, z0, pycdeq.FixedPoint(), args=(torch.zeros(5, 3),))
+    with pytest.raises(TypeError, match="args must be a tuple"):
+        pycdeq.solve(lambda z, a: z * 0 + a, z0, pycdeq.FixedPoint(), args=torch.zeros(4, 3))

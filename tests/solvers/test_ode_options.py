@@ -13,9 +13,10 @@ from pycdeq.solvers.ode import DEFAULT_TERMINATION_FACTOR, TOLERANCE_MARGIN
 
 
 @pytest.mark.parametrize("cls", [Tsit5, Dopri5, BS3, VCAB3, Euler, RK4])
-def test_methods_are_frozen_continuous_options_exported_from_pycdeq(cls):
+def test_methods_are_frozen_ode_method_options_exported_from_pycdeq(cls):
     method = cls()
-    assert cls.kind == "continuous" and method.kind == "continuous"
+    assert isinstance(method, pycdeq.ODEMethod) and isinstance(method, pycdeq.Solver)
+    assert not isinstance(method, pycdeq.DiscreteSolver)
     assert getattr(pycdeq, cls.__name__) is cls
     with pytest.raises(dataclasses.FrozenInstanceError):
         method.max_steps = 3
@@ -53,18 +54,35 @@ def test_integrator_must_be_tighter_than_the_steady_state_test(termination, ok):
     (dict(atol="1e-3"), TypeError, "atol must be a number"),
     (dict(max_steps=2.5), TypeError, "max_steps must be an int"),
     (dict(dt0=0.0), ValueError, "dt0"),
-    (dict(safety=1.5), ValueError, "safety"),
-    (dict(factor_min=1.0), ValueError, "factor_min"),
-    (dict(factor_max=0.5), ValueError, "factor_max must be > 1"),
-    (dict(icoeff=0.0), ValueError, "icoeff"),
-    (dict(pcoeff=-0.1), ValueError, "pcoeff"),
-    (dict(dt_min=float("inf")), ValueError, "dt_min"),
+    (dict(controller=dict(pcoeff=0.1)), TypeError, "controller must be a PIController"),
+    (dict(safety=0.5), TypeError, "unexpected keyword argument 'safety'"),  # a controller option
     (dict(stability_factor=1.5), ValueError, "stability_factor"),
     (dict(termination="rel"), TypeError, "termination must be a Termination"),
 ])
 def test_adaptive_options_are_validated(kwargs, error, match):
     with pytest.raises(error, match=match):
         Tsit5(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(safety=1.5), ValueError, "safety"),
+    (dict(factor_min=1.0), ValueError, "factor_min"),
+    (dict(factor_max=0.5), ValueError, "factor_max must be > 1"),
+    (dict(icoeff=0.0), ValueError, "icoeff"),
+    (dict(pcoeff=-0.1), ValueError, "pcoeff"),
+    (dict(dt_min=float("inf")), ValueError, "dt_min"),
+    (dict(gain=0.1), TypeError, "unexpected keyword argument 'gain'"),
+])
+def test_controller_options_are_validated(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        pycdeq.PIController(**kwargs)
+
+
+def test_the_controller_is_an_option_object_of_the_method():
+    controller = pycdeq.PIController(pcoeff=0.0, icoeff=1.0, safety=0.8)
+    method = Tsit5(controller=controller)
+    assert method.controller is controller and Tsit5().controller == pycdeq.PIController()
+    assert isinstance(Euler().controller, pycdeq.solvers.FixedStep)
 
 
 @pytest.mark.parametrize("cls", [Euler, RK4])

@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from pycdeq import Status, Termination
-from pycdeq.solvers._state import SampleTracker, StatePacker, write_slot
+from pycdeq.solvers.history import write_slot
+from pycdeq.solvers.packing import StatePacker
+from pycdeq.solvers.tracker import SampleTracker
 
 
 def test_packer_round_trips_an_image_state_without_copy():

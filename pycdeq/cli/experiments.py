@@ -2,9 +2,9 @@
 
 An :class:`Experiment` is everything a ``pycdeq run`` needs besides where to write: model,
 data, variants, training options and seeds. The named setups follow the paper
-(``shared/reference/architectures.md`` §8, ``deqjl.md`` §5); ``default`` is the embedded
-job of a bare ``pycdeq run``: the MNIST-dense setup on scikit-learn's digits (the real data
-set that ships offline), shortened so that it finishes in a few minutes on two CPU cores.
+(``docs/architectures.md`` §10); ``default`` is the embedded job of a bare ``pycdeq run``:
+the MNIST-dense setup on scikit-learn's digits (the real data set that ships offline),
+shortened so that it finishes in a few minutes on two CPU cores.
 
 Choices where the paper's sources disagree (documented per setup below):
 

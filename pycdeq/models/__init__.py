@@ -8,7 +8,7 @@
 
 Every model's ``forward(x)`` returns ``(logits, solution)``; ``solution.skip_loss``,
 ``solution.jacobian_loss`` and ``solution.nfe`` are set for every variant (zero losses where
-they do not apply). Layer-by-layer specifications: ``shared/reference/architectures.md``.
+they do not apply). Layer-by-layer specifications: ``docs/architectures.md``.
 """
 
 from .build import build_model, model_from_config

@@ -1,7 +1,7 @@
 """Building blocks of the paper's multiscale models (DeepEquilibriumNetworks.jl v0.2.6).
 
-Every block follows ``shared/reference/architectures.md`` §2 and §7 layer by layer, so that
-the parameter counts of the paper are reproduced exactly. Conventions (§1):
+Every block follows ``docs/architectures.md`` §4 layer by layer, so that the parameter
+counts of the paper are reproduced exactly. Conventions (§3):
 
 * ``conv(a, b, k, stride)``: ``Conv2d`` with padding ``k // 2``, **no bias** unless asked,
   weight ``N(0, 0.01^2)`` (the experiment helpers' init); ``weight_norm=True`` wraps it in
@@ -13,7 +13,7 @@ the parameter counts of the paper are reproduced exactly. Conventions (§1):
   :mod:`pycdeq.models.mdeq`).
 * ``tracked_batch_norm(c)``: ordinary BatchNorm with running statistics (head bottlenecks only).
 
-The v0.2.6 quirks are reproduced on purpose (architectures.md §9): the residual of
+The v0.2.6 quirks are reproduced on purpose (docs/architectures.md §11): the residual of
 :class:`ResidualBlock` is the conv2 output ``h`` (not the block input) and its last norm
 comes after the ReLU; upsampling is a 3x3 conv + BN + ReLU before nearest upsampling;
 every stride-2 downsampling step ends with a ReLU, the last one included.
@@ -97,7 +97,7 @@ class VariationalDropout(nn.Module):
 
 
 class ResidualBlock(nn.Module):
-    """The per-scale block of ``f`` (architectures.md §2.1)::
+    """The per-scale block of ``f`` (docs/architectures.md §4.1)::
 
         h = conv2(ReLU(norm1(conv1(z))))               # conv1: C_in -> e*C, conv2: e*C -> C
         y = norm2(dropout(h) + injection)              # injection = x (scale 1) or 0
@@ -130,7 +130,7 @@ def downsample_module(in_channels: int, out_channels: int, steps: int) -> nn.Seq
     """``steps`` x (3x3 stride-2 conv -> BN -> ReLU), from scale ``i`` to scale ``i + steps``.
 
     Channels double at each step when that lands on ``out_channels``; otherwise they stay
-    at ``in_channels`` until the last step, which maps to ``out_channels`` (§2.2).
+    at ``in_channels`` until the last step, which maps to ``out_channels`` (§4.2).
     """
     _checks.positive_int("steps", steps)
     if in_channels * 2 ** steps == out_channels:
@@ -141,7 +141,7 @@ def downsample_module(in_channels: int, out_channels: int, steps: int) -> nn.Seq
 
 
 def upsample_module(in_channels: int, out_channels: int, steps: int) -> nn.Sequential:
-    """3x3 conv -> BN -> ReLU -> nearest upsampling by ``2**steps`` (coarse to fine, §2.2)."""
+    """3x3 conv -> BN -> ReLU -> nearest upsampling by ``2**steps`` (coarse to fine, §4.2)."""
     _checks.positive_int("steps", steps)
     return nn.Sequential(conv(in_channels, out_channels, 3), batch_norm(out_channels), nn.ReLU(),
                          nn.Upsample(scale_factor=2 ** steps, mode="nearest"))
@@ -157,13 +157,13 @@ def mapping_layers(channels: Sequence[int]) -> list:
 
 
 def post_fuse(channels: int, *, weight_norm: bool = False) -> nn.Sequential:
-    """``BN(ReLU(conv1x1(s)))`` after the fusion sum of one scale (§2.3)."""
+    """``BN(ReLU(conv1x1(s)))`` after the fusion sum of one scale (§4.3)."""
     return nn.Sequential(conv(channels, channels, 1, weight_norm=weight_norm), nn.ReLU(),
                          batch_norm(channels))
 
 
 def stem(in_channels: int, channels: int, *, downsample_times: int, num_scales: int) -> nn.Sequential:
-    """The "initial layers" that produce the injection ``x`` (§2.5).
+    """The "initial layers" that produce the injection ``x`` (§4.5).
 
     Two 3x3 conv-BN-ReLU layers (stride 2 for the first ``downsample_times`` of them), further
     stride-2 layers when ``downsample_times > 2``, and a 1x1 conv-BN-ReLU "stage0" unless
@@ -179,7 +179,7 @@ def stem(in_channels: int, channels: int, *, downsample_times: int, num_scales: 
 
 def skip_predictor_branches(channels: Sequence[int], *, expansion: int = 3,
                             weight_norm: bool = False) -> list:
-    """The Skip DEQ's explicit ``g`` (§2.7), one module per scale, each applied to ``x``.
+    """The Skip DEQ's explicit ``g`` (§4.7), one module per scale, each applied to ``x``.
 
     Scale 1: a dropout-free :class:`ResidualBlock` (expansion 3, the reference's default, not
     the model's); scale ``i >= 2``: ``downsample_module(C_1 -> C_i, i - 1)`` from ``x`` directly.
@@ -190,7 +190,7 @@ def skip_predictor_branches(channels: Sequence[int], *, expansion: int = 3,
 
 
 class Bottleneck(nn.Module):
-    """Head bottleneck ``C -> 4h`` with tracked BatchNorms (§2.6)::
+    """Head bottleneck ``C -> 4h`` with tracked BatchNorms (§4.6)::
 
         y = ReLU( BNt(conv1x1(ReLU(BNt(conv3x3(ReLU(BNt(conv1x1(z)))))))) + BNt(conv1x1(z)) )
     """

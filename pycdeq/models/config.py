@@ -90,8 +90,8 @@ class MDEQSizes:
         return len(self.channels)
 
 
-# Presets (architectures.md §3-§4; the MNIST conv model is this package's choice: the paper
-# gives no code or count for it, only the scales 8x28x28 and 16x14x14 of the v1 script).
+# Presets (docs/architectures.md §6, §7; the MNIST conv model is this package's choice, §9:
+# the paper gives no code or count for it, only the scales 8x28x28 and 16x14x14 of the v1 script).
 SIZE_PRESETS = {
     "mnist-dense": DenseSizes(width=128),
     "mnist-conv": MDEQSizes(channels=(8, 16), expansion=5, dropout=0.0, weight_norm=False,

@@ -1,4 +1,4 @@
-"""The paper's solver settings per architecture (architectures.md §8), as solver objects.
+"""The paper's solver settings per architecture (docs/architectures.md §10), as solver objects.
 
 =================  =========  ==========  ==========  =====================  ===========
 architecture       tolerance  max steps   adjoint     termination            method
@@ -9,12 +9,13 @@ cifar10-large      0.05       18          GMRES 20    rel, best iterate      VCA
 =================  =========  ==========  ==========  =====================  ===========
 
 * Continuous DEQ: the ODE method (Tsit5 for MNIST, VCAB3 for CIFAR, as in the paper) with the
-  **termination** at the paper's tolerance ("relative tolerance
-  0.05"); the integrator's own error tolerances are ``rtol = atol = tolerance / 5``
-  (:func:`pycdeq.solvers.ode.integrator_tolerance`, the one home of that rule). (The
-  reference ran with OrdinaryDiffEq's defaults ``rtol=1e-3, atol=1e-6``, §8.1; in float32 an
-  ``atol`` of 1e-6 makes rounding drive the step control and about doubles the nfe of the
-  MNIST-dense solve, measured 211 vs 89 per batch, for no gain in the steady state.)
+  **termination** at the paper's tolerance ("relative tolerance 0.05"); the integrator's own
+  error tolerances are ``rtol = atol = tolerance / 5``
+  (:func:`pycdeq.solvers.ode.integrator_tolerance`, the one home of that rule; its
+  measurements: docs/continuous-solve.md §3). (The reference ran with OrdinaryDiffEq's defaults
+  ``rtol=1e-3, atol=1e-6``, docs/architectures.md §10.1; in float32 an ``atol`` of 1e-6 makes
+  rounding drive the step control and about doubles the nfe of the MNIST-dense solve,
+  measured 211 vs 89 per batch, for no gain in the steady state.)
   The first step is ``dt0 = 1``, the time scale of the ``-z`` term, instead of Hairer's
   selection, which spends one to four evaluations and starts two to three steps too small
   (MNIST-dense at initialisation: 61 instead of 76 evaluations per batch, same ``t``).

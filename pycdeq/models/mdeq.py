@@ -1,7 +1,7 @@
 """The paper's multiscale (MDEQ) classifiers: MNIST conv, CIFAR-10 small and large.
 
 ``stem -> multiscale equilibrium layer -> classification head``, with the blocks of
-:mod:`pycdeq.models.blocks` (architectures.md §2) and the sizes of the reference's configs:
+:mod:`pycdeq.models.blocks` (docs/architectures.md §4) and the sizes of the reference's configs:
 
 =================  =====================  ===============================  ===================
 model              scales                 parameters (vanilla/skip_reg/    paper
@@ -13,7 +13,7 @@ model              scales                 parameters (vanilla/skip_reg/    paper
 ``MNISTConv``      8x28x28, 16x14x14      this package's sizes (no paper count exists)
 =================  =====================  ===============================  ===================
 
-The equilibrium function (§2.4): branch 1 is a :class:`~pycdeq.models.blocks.ResidualBlock`
+The equilibrium function (§4.4): branch 1 is a :class:`~pycdeq.models.blocks.ResidualBlock`
 receiving the stem output ``x`` as injection, the other branches get none; outputs are fused
 by ``s_j = sum_i M[i][j](b_i)`` and passed through a post-fuse layer per scale.
 

@@ -1,4 +1,4 @@
-"""The fully connected MNIST model of the paper (architectures.md §6.1).
+"""The fully connected MNIST model of the paper (docs/architectures.md §8).
 
 ::
 
@@ -9,7 +9,7 @@
     Skip:  z0 = g(x) = ReLU(Linear(128 -> 128)(x))                # with bias
 
 Parameters for 784 inputs: 134,538 (vanilla / skip_reg / node), 151,050 (skip). The paper's
-"138K" for the vanilla model is not reproducible (§6.3). All linear layers use
+"138K" for the vanilla model is not reproducible (§8 explains why). All linear layers use
 Glorot-uniform weights and zero biases (Flux's defaults, which the reference ran with).
 """
 

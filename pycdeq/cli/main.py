@@ -181,7 +181,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, experiment: 
 
 
 def _run_experiment(parser: argparse.ArgumentParser, args: argparse.Namespace, experiment: Experiment) -> int:
-    from .julia_rows import JuliaUnavailable
+    from ..julia.errors import JuliaNotAvailableError
     from .runner import ExperimentInterrupted, ExperimentRunner, UsageError
 
     out = args.out or Path("runs") / f"{experiment.name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -195,7 +195,7 @@ def _run_experiment(parser: argparse.ArgumentParser, args: argparse.Namespace, e
     except KeyboardInterrupt:
         print("pycdeq: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except JuliaUnavailable as error:
+    except JuliaNotAvailableError as error:
         print(f"pycdeq: error: --julia: {error}", file=sys.stderr)
         return EXIT_FAILURE
     except Exception as error:  # noqa: BLE001 - the CLI's job is to report any failure cleanly

@@ -8,7 +8,7 @@ which ``import pycdeq`` has loaded already, never juliacall): :func:`available` 
 :class:`JuliaNotAvailableError` at once, with the reason and the fix.
 
 Public names: ``available``, ``status``, ``start``, ``JuliaNotAvailableError``,
-``TranslationError``, ``JuliaModel``, ``JuliaForward``, ``compare``, ``ParityReport``,
+``TranslationError``, ``UnsupportedDeviceError``, ``JuliaModel``, ``JuliaForward``, ``compare``, ``ParityReport``,
 ``Tolerances``, ``ModelSpec``; the translation itself is ``pycdeq.julia.translate.translate``
 (the submodule keeps its name; ``compare`` is the function, its module
 ``pycdeq.julia.compare`` is reachable with ``from pycdeq.julia.compare import ...``).
@@ -22,11 +22,11 @@ from typing import Any
 from . import _detect, _runtime
 from .backend import JuliaForward, JuliaModel
 from .compare import ParityReport, Tolerances, compare
-from .errors import JuliaNotAvailableError, TranslationError
+from .errors import JuliaNotAvailableError, TranslationError, UnsupportedDeviceError
 from .translate import ModelSpec
 
 __all__ = ["available", "status", "start", "JuliaNotAvailableError", "TranslationError",
-           "JuliaModel", "JuliaForward", "compare", "ParityReport", "Tolerances", "ModelSpec"]
+           "UnsupportedDeviceError", "JuliaModel", "JuliaForward", "compare", "ParityReport", "Tolerances", "ModelSpec"]
 
 
 def available() -> bool:

@@ -6,6 +6,7 @@ coarse: one per forward pass, gradient, training batch or training run (``fit``)
 per solver step.
 
     jm = JuliaModel.from_torch(model)        # same architecture, solver and weights
+    jm = JuliaModel.from_torch(model, device="cuda")   # GPU (checked before Julia starts)
     out = jm(x)                              # logits, z_star, z0, nfe, residual (torch)
     losses = jm.fit(x_train, y_train, epochs=1)
     jm.copy_to(model)                        # trained weights back into the torch model
@@ -23,9 +24,10 @@ import torch
 
 from . import _runtime
 from .convert import check_labels, from_julia, plan_transfer, to_julia
+from .devices import check_device
 from .params import (flatten_params, load_params_into, model_params, order_from_layout, parse_layout,
                      unflatten_params)
-from .translate import ModelSpec, translate
+from .translate import SKIP_WEIGHT, ModelSpec, translate
 
 
 @dataclass
@@ -40,21 +42,31 @@ class JuliaForward:
 
 
 class JuliaModel:
-    """A model on the Julia backend. Build it with :meth:`from_torch` or from a spec."""
+    """A model on the Julia backend. Build it with :meth:`from_torch` or from a spec.
 
-    def __init__(self, spec: ModelSpec, *, seed: int = 0, bridge: Any = None):
-        if not isinstance(spec, ModelSpec):
-            raise TypeError(f"spec must be a ModelSpec, got {type(spec).__name__}")
+    ``device="cuda"`` is checked before Julia starts (:func:`~pycdeq.julia.devices.check_device`
+    refuses a solver that cannot run there) and declares CUDA.jl / LuxCUDA before the start,
+    so that juliapkg resolves them with the rest (:func:`pycdeq.julia._runtime.ensure_cuda`).
+    """
+
+    def __init__(self, spec: ModelSpec, *, seed: int = 0, bridge: Any = None, device="cpu"):
+        target = check_device(spec, device)  # refusals first: nothing has started yet
+        if target.type == "cuda" and bridge is None:
+            _runtime.ensure_cuda()
         self.spec = spec
         self._bridge = bridge if bridge is not None else _runtime.bridge()
         self._session = self._bridge.build_model(**spec.julia_kwargs(seed=seed))
         self._order = order_from_layout(spec, parse_layout(str(self._bridge.layout(self._session))))
         self.device = torch.device("cpu")
+        if target.type == "cuda":
+            self._bridge.to_gpu_b(self._session)
+            self.device = torch.device("cuda")
 
     @classmethod
-    def from_torch(cls, model: torch.nn.Module, *, seed: int = 0, bridge: Any = None) -> "JuliaModel":
+    def from_torch(cls, model: torch.nn.Module, *, seed: int = 0, bridge: Any = None,
+                   device="cpu") -> "JuliaModel":
         """Translate ``model`` (:func:`~pycdeq.julia.translate.translate`) and copy its weights."""
-        julia_model = cls(translate(model), seed=seed, bridge=bridge)
+        julia_model = cls(translate(model), seed=seed, bridge=bridge, device=device)
         julia_model.load_from(model)
         return julia_model
 
@@ -129,7 +141,7 @@ class JuliaModel:
         return float(value), unflatten_params(self.spec, np.asarray(flat), self._order)
 
     def train_step(self, x: torch.Tensor, labels, *, learning_rate: float = 1e-3,
-                   skip_weight: float = 0.01) -> float:
+                   skip_weight: float = SKIP_WEIGHT) -> float:
         """One Adam step in Julia on one batch; returns the loss before the step."""
         features = self._features(x)
         targets = check_labels("labels", labels, x.shape[0], self.spec.num_classes)
@@ -138,7 +150,7 @@ class JuliaModel:
                                                skip_weight=float(skip_weight)))
 
     def fit(self, x: torch.Tensor, labels, *, epochs: int = 1, batch_size: int = 32,
-            learning_rate: float = 1e-3, skip_weight: float = 0.01, shuffle: bool = True,
+            learning_rate: float = 1e-3, skip_weight: float = SKIP_WEIGHT, shuffle: bool = True,
             seed: int = 0) -> List[float]:
         """Train in Julia (CE + ``skip_weight`` x skip loss for Skip variants, Adam); returns
         the mean loss of each epoch. The data crosses once; batches are cut in Julia."""
@@ -157,15 +169,16 @@ class JuliaModel:
         return [float(v) for v in losses]
 
     def to(self, device) -> "JuliaModel":
-        """Move the Julia session to ``"cuda"`` (adds CUDA.jl/LuxCUDA on first use) or ``"cpu"``."""
-        device = torch.device(device)
+        """Move the Julia session to ``"cuda"`` or ``"cpu"``. A solver that cannot run on the GPU
+        is refused first (:func:`~pycdeq.julia.devices.check_device`). CUDA.jl / LuxCUDA must
+        be in the Julia environment: ask for the GPU before Julia starts
+        (``from_torch(model, device="cuda")``) unless an earlier run installed them."""
+        device = check_device(self.spec, device)
         if device.type == "cuda":
             _runtime.ensure_cuda()
             self._bridge.to_gpu_b(self._session)
-        elif device.type == "cpu":
-            self._bridge.to_cpu_b(self._session)
         else:
-            raise ValueError(f"the Julia backend runs on cpu or cuda, got {device}")
+            self._bridge.to_cpu_b(self._session)
         self.device = torch.device(device.type)
         return self
 

@@ -9,15 +9,18 @@ Documented tolerances (:data:`DEFAULT_TOLERANCES`, float32): ``z*`` and logits a
 1e-4 relative, gradients to 1e-3 relative, **when both solves converge tightly** (residual
 well below 1e-5, e.g. ``Termination(mode="abs", abstol=1e-6)`` with enough iterations, and
 a GMRES rtol <= 1e-6): the two engines stop at different iterates, so with the paper's
-loose tolerances (5e-3) the differences are of the order of those tolerances instead. The
-nfe's are reported, not compared: the solvers differ in how they count and stop (Julia
-stops the whole batch together, pycdeq per sample).
+loose tolerances (5e-3) the differences are of the order of those tolerances instead.
+
+nfe (:func:`expected_nfe`): with ``fixed_depth = d`` both engines make exactly ``d`` calls
+of ``f`` and must both report ``d``. Otherwise the nfe's are reported, not compared: Julia
+stops the whole batch together, pycdeq each sample, and Anderson / L-Broyden iterate on the
+whole batch as one vector in Julia (``ModelSpec.approximations``, which the report carries).
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import torch
 
@@ -45,16 +48,22 @@ class ParityReport:
     nfe_torch: int
     nfe_julia: int
     tolerances: Tolerances = field(default_factory=Tolerances)
+    nfe_expected: Optional[int] = None  #: what both nfe's must be (None: not compared)
+    approximations: Tuple[str, ...] = ()  #: the translation's ``ModelSpec.approximations``
 
     @property
     def worst_gradient_rel(self) -> float:
         return max(self.gradient_rel.values(), default=0.0)
 
     @property
+    def nfe_as_expected(self) -> bool:
+        return self.nfe_expected is None or self.nfe_torch == self.nfe_julia == self.nfe_expected
+
+    @property
     def passed(self) -> bool:
         t = self.tolerances
         return (self.z_star_rel <= t.z_star and self.logits_rel <= t.logits
-                and self.worst_gradient_rel <= t.gradients)
+                and self.worst_gradient_rel <= t.gradients and self.nfe_as_expected)
 
     def summary(self) -> str:
         t = self.tolerances
@@ -65,7 +74,10 @@ class ParityReport:
         for name in self.gradient_rel:
             lines.append(f"grad {name:<24} max|diff| {self.gradient_max_abs[name]:.3e}  "
                          f"rel {self.gradient_rel[name]:.3e}  (tol {t.gradients:g})")
-        lines.append(f"nfe       torch {self.nfe_torch}  julia {self.nfe_julia}")
+        expectation = ("not compared" if self.nfe_expected is None
+                       else f"both must be {self.nfe_expected}")
+        lines.append(f"nfe       torch {self.nfe_torch}  julia {self.nfe_julia}  ({expectation})")
+        lines += [f"approx.   {note}" for note in self.approximations]
         lines.append("PASSED" if self.passed else "FAILED")
         return "\n".join(lines)
 
@@ -73,6 +85,13 @@ class ParityReport:
         out = asdict(self)
         out["passed"] = self.passed
         return out
+
+
+def expected_nfe(spec) -> Optional[int]:
+    """The nfe both engines must report for ``spec``: ``fixed_depth`` when the DEQ is unrolled
+    (exactly that many calls of ``f``); ``None`` when a solve decides, because the engines stop
+    and, for Anderson / L-Broyden, iterate differently (see the module docstring)."""
+    return spec.fixed_depth if spec.fixed_depth > 0 else None
 
 
 def difference(reference: torch.Tensor, other: torch.Tensor):
@@ -104,6 +123,15 @@ def torch_side(model: torch.nn.Module, x: torch.Tensor, cotangent: torch.Tensor,
     return z_star.detach(), logits.detach(), gradients, int(solution.nfe)
 
 
+def _check_same_spec(spec, session_spec) -> None:
+    """A reused session must have been built from the model as it is now (e.g. the same
+    ``fixed_depth``), or the two engines would compute different things."""
+    if spec != session_spec:
+        fields = [f for f in spec.__dataclass_fields__ if getattr(spec, f) != getattr(session_spec, f)]
+        raise ValueError(f"julia_model was built from a different model or settings (differs in: "
+                         f"{', '.join(fields)}): rebuild it with JuliaModel.from_torch(model)")
+
+
 def compare(model: torch.nn.Module, x: torch.Tensor, *, cotangent: Optional[torch.Tensor] = None,
             seed: int = 0, julia_model=None, tolerances: Tolerances = DEFAULT_TOLERANCES) -> ParityReport:
     """Run both backends on ``x`` with ``model``'s weights; see the module docstring.
@@ -111,12 +139,13 @@ def compare(model: torch.nn.Module, x: torch.Tensor, *, cotangent: Optional[torc
     ``julia_model`` defaults to ``JuliaModel.from_torch(model)`` (which starts Julia and may
     raise :class:`~pycdeq.julia.JuliaNotAvailableError`); pass one to reuse a session.
     """
-    spec = translate(model) if julia_model is None else julia_model.spec
+    spec = translate(model)
     if julia_model is None:
         from .backend import JuliaModel  # noqa: PLC0415
 
         julia_model = JuliaModel.from_torch(model)
     else:
+        _check_same_spec(spec, julia_model.spec)
         julia_model.load_from(model)
     if cotangent is None:
         generator = torch.Generator().manual_seed(seed)
@@ -132,4 +161,5 @@ def compare(model: torch.nn.Module, x: torch.Tensor, *, cotangent: Optional[torc
         grad_abs[name], grad_rel[name] = difference(grads_torch[name], grads_julia[name])
     return ParityReport(z_star_max_abs=z_abs, z_star_rel=z_rel, logits_max_abs=l_abs, logits_rel=l_rel,
                         gradient_max_abs=grad_abs, gradient_rel=grad_rel, nfe_torch=nfe_torch,
-                        nfe_julia=forward.nfe, tolerances=tolerances)
+                        nfe_julia=forward.nfe, tolerances=tolerances, nfe_expected=expected_nfe(spec),
+                        approximations=spec.approximations)

@@ -20,3 +20,11 @@ class JuliaNotAvailableError(RuntimeError):
 
 class TranslationError(ValueError):
     """A pycdeq model or option has no faithful counterpart in the Julia backend."""
+
+
+class UnsupportedDeviceError(TranslationError):
+    """The model translates, but its Julia counterpart cannot run on the requested device.
+
+    Raised before Julia starts (:mod:`pycdeq.julia.devices`), naming the solver, the device
+    and what to use instead.
+    """

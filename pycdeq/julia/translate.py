@@ -21,7 +21,8 @@ Neural ODE          the same method on ``ODEProblem`` over ``(0, 1)``
 Termination ``Termination(mode, abstol, reltol, norm)`` maps to NonlinearSolveBase's
 ``AbsNorm`` / ``RelNorm`` / ``Norm`` modes with a norm equal to the largest per-sample norm.
 What is not exactly the same is recorded in ``ModelSpec.approximations`` (always: Julia
-stops the whole batch at once, where pycdeq freezes each sample as it converges).
+stops the whole batch at once, where pycdeq freezes each sample as it converges; Anderson and
+L-Broyden also iterate on the whole batch as one vector, see :data:`BATCH_COUPLED`).
 """
 
 from __future__ import annotations
@@ -47,7 +48,24 @@ JULIA_SOLVERS = {"broyden": "LimitedMemoryBroyden", "anderson": "NLsolveJL(:ande
                  "bs3": "BS3", "vcab3": "VCAB3", "euler": "Euler", "rk4": "RK4"}
 FIXED_STEP = ("euler", "rk4")
 NLSOLVE = ("anderson", "picard")
-SKIP_WEIGHT = 0.01  # λ_skip of every v4 experiment (deqjl.md §1)
+# Solvers whose Julia counterpart works on vec(z) of the whole batch (NonlinearSolve's NLsolve
+# extension passes vec(u0) to nlsolve; L-Broyden's low-rank inverse Jacobian spans the whole
+# state), where pycdeq keeps one history per sample. Damped Picard is elementwise: no coupling.
+BATCH_COUPLED = {
+    "anderson": "Anderson is batch-coupled: NLsolve solves one least-squares problem for the whole "
+                "batch (vec(z)), pycdeq one per sample: iterates and nfe differ, z* agrees within "
+                "the solver tolerance",
+    "broyden": "L-Broyden is batch-coupled: NonlinearSolve keeps one low-rank inverse Jacobian (and "
+               "one initial scaling) for the whole batch (vec(z)), pycdeq one per sample: iterates "
+               "and nfe differ, z* agrees within the solver tolerance",
+}
+ADJOINT_GMRES_NOTE = (
+    "adjoint GMRES (KrylovJL_GMRES: same restart, iteration cap and tolerances) solves the whole "
+    "batch as one vector from a zero start, stopping at ||r|| <= atol + rtol*||b||; pycdeq stops "
+    "each sample at max(atol, rtol*||v_b||), started from v")
+# λ_skip of the paper's v4 experiments: `w_skip: 0.01` in every config of
+# SciML/DeepEquilibriumNetworks.jl v0.2.6, experiments/{cifar10,imagenet}/*.yml.
+SKIP_WEIGHT = 0.01
 
 
 @dataclass(frozen=True)
@@ -98,12 +116,14 @@ class SolverSpec:
 
 @dataclass(frozen=True)
 class AdjointSpec:
-    """``steady_state`` (DEQ), ``gauss`` or ``backsolve`` (Neural ODE)."""
+    """``steady_state`` (DEQ: GMRES, restarted every ``restart`` iterations), ``gauss`` or
+    ``backsolve`` (Neural ODE)."""
 
     name: str = "steady_state"
     abstol: float = 1e-3
     reltol: float = 1e-3
     maxiters: int = 10
+    restart: int = 20
 
 
 @dataclass(frozen=True)
@@ -141,6 +161,7 @@ class ModelSpec:
             "ode_reltol": float(s.ode_reltol), "dt": float(s.dt), "dtmin": float(s.dtmin),
             "adaptive": s.adaptive, "adjoint": a.name, "adjoint_abstol": float(a.abstol),
             "adjoint_reltol": float(a.reltol), "adjoint_maxiters": a.maxiters,
+            "adjoint_restart": a.restart,
             "fixed_depth": self.fixed_depth, "seed": int(seed),
         }
 
@@ -203,7 +224,9 @@ def _ode_fields(method, name: str, notes: List[str]) -> Dict[str, object]:
               "maxiters": int(method.max_steps), "dtmin": float(method.controller.dt_min)}
     if method.dt0 is not None:
         fields["dt"] = float(method.dt0)
-    notes.append("step-size control is OrdinaryDiffEq's own (safety/factor/PI settings are not mapped)")
+    notes.append("step-size control is OrdinaryDiffEq's own: one step size for the whole batch (its "
+                 "error norm is the RMS over every element), pycdeq one per sample; safety/factor/PI "
+                 "settings are not mapped")
     return fields
 
 
@@ -235,6 +258,8 @@ def translate_solver(solver, *, variant: str, state_dim: int, notes: List[str]) 
         notes.append("Anderson: NLsolve's least-squares mixing (pycdeq's regulariser lam is not mapped)")
     else:
         options.update(beta=float(solver.damping))
+    if name in BATCH_COUPLED:
+        notes.append(BATCH_COUPLED[name])
     return SolverSpec(kind="discrete", name=name, **termination, **options)
 
 
@@ -251,10 +276,9 @@ def translate_adjoint(layer, *, variant: str, notes: List[str]) -> AdjointSpec:
     if not isinstance(adjoint, GMRES):
         raise TranslationError(f"adjoint {type(adjoint).__name__} has no Julia counterpart; "
                                "only GMRES maps (to SteadyStateAdjoint with a Krylov solve)")
-    notes.append("adjoint linear solve: LinearSolve's default method for the matrix-free operator "
-                 "(GMRES restart length not mapped), same tolerances and iteration cap")
+    notes.append(ADJOINT_GMRES_NOTE)
     return AdjointSpec(name="steady_state", abstol=float(adjoint.atol), reltol=float(adjoint.rtol),
-                       maxiters=int(adjoint.max_iter))
+                       maxiters=int(adjoint.max_iter), restart=int(adjoint.restart))
 
 
 # --- the model --------------------------------------------------------------------------
@@ -315,7 +339,8 @@ def _check_layer_options(layer, variant: str) -> None:
                                "(DeepEquilibriumNetworks v2 gives x its implicit gradient)")
     if getattr(layer, "jacobian_reg", None) is not None:
         raise TranslationError("Jacobian regularization is not translated: DeepEquilibriumNetworks "
-                               "estimates a trace, pycdeq the Frobenius norm (deqjl.md §3.5)")
+                               "v2 estimates the trace v'Jv (src/utils.jl, estimate_jacobian_trace), "
+                               "pycdeq the Frobenius norm (docs/julia.md)")
     if getattr(layer, "state_shape", None) is not None:
         raise TranslationError("an explicit state_shape is not supported by the Julia MNIST-dense model")
 

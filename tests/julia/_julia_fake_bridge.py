@@ -10,9 +10,14 @@ parameter order) shows up as a numerical mismatch against the torch model.
 The maths is computed independently of pycdeq's solvers, in float64: Picard iteration to
 machine precision for the equilibrium (the test models are contractive), the exact implicit
 gradient by unrolling from the converged ``z*`` (the Neumann series of a contraction), RK4
-with many steps for the Neural ODE. It also reports its parameters in a *different order*
-from the translation's (``init`` before ``model``, as a Lux container could), so the
-Python side must follow ``layout``.
+with many steps for the Neural ODE, ``fixed_depth`` calls of ``f`` on the running state when
+the DEQ is unrolled. It also reports its parameters in a *different order* from the
+translation's (``init`` before ``model``, as a Lux container could), so the Python side must
+follow ``layout``.
+
+``FakeBridge(repeat_same_input=True)`` unrolls as DeepEquilibriumNetworks' own pretraining
+mode does (Lux's ``RepeatedLayer`` without input injection: every repeat sees ``(z0, x)``),
+so that a test can show the parity harness catches that behaviour.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import torch
 KEYWORDS = {"architecture", "in_features", "width", "num_classes", "variant", "solver", "memory",
             "m", "beta", "termination", "norm", "safe", "best", "abstol", "reltol", "maxiters",
             "ode_abstol", "ode_reltol", "dt", "dtmin", "adaptive", "adjoint", "adjoint_abstol",
-            "adjoint_reltol", "adjoint_maxiters", "fixed_depth", "seed"}
+            "adjoint_reltol", "adjoint_maxiters", "adjoint_restart", "fixed_depth", "seed"}
 
 
 class FakeSession:
@@ -53,6 +58,9 @@ def _as_julia(array: np.ndarray) -> np.ndarray:
 
 class FakeBridge:
     """The Python-visible API of PycdeqBridge (``!`` spelled ``_b`` as juliacall does)."""
+
+    def __init__(self, *, repeat_same_input: bool = False):
+        self.repeat_same_input = repeat_same_input
 
     def build_model(self, **kwargs) -> FakeSession:
         unknown = set(kwargs) - KEYWORDS
@@ -119,6 +127,10 @@ class FakeBridge:
                 k4 = f(z + dt * k3) - (z + dt * k3)
                 z = z + dt / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
             nfe = 4 * steps
+        elif s.options["fixed_depth"] > 0:  # unrolled: plain backprop through the calls
+            z, nfe = z0, s.options["fixed_depth"]
+            for _ in range(nfe):
+                z = f(z0 if self.repeat_same_input else z)
         else:
             with torch.no_grad():
                 z, nfe = z0.detach(), 0

@@ -6,6 +6,8 @@ the torch model therefore checks every conversion on the Python side of the boun
 Julia side itself is covered by ``test_julia_parity.py`` where Julia exists.
 """
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -118,3 +120,61 @@ def test_bad_inputs_are_rejected_before_reaching_julia(fake_bridge):
         julia_model.set_params(np.zeros(3))
     with pytest.raises(ValueError, match="cpu or cuda"):
         julia_model.to("meta")
+
+
+UNROLLED = [("vanilla", False), ("skip", True), ("skip_reg", False)]
+
+
+@pytest.mark.parametrize("variant, continuous", UNROLLED)
+def test_fixed_depth_unrolls_f_on_the_running_state_with_equal_nfe(variant, continuous, fake_bridge):
+    m = tight_model(variant, continuous)
+    m.deq.fixed_depth = 3
+    report = compare(m, inputs(), julia_model=JuliaModel.from_torch(m, bridge=fake_bridge))
+    assert report.nfe_expected == 3 and report.nfe_torch == report.nfe_julia == 3
+    assert report.passed, report.summary()
+
+
+def test_compare_catches_the_reference_unrolled_mode():
+    """DEQ.jl's own pretraining mode (RepeatedLayer without input injection) returns f(z0, x)
+    for every depth; the harness must tell it from pycdeq's unrolling."""
+    from _julia_fake_bridge import FakeBridge
+
+    m = tight_model("vanilla", False)
+    m.deq.fixed_depth = 3
+    with torch.no_grad():  # precondition: depth 1 and depth 3 differ far beyond the tolerance
+        h = m.stem(inputs())
+        z1 = m.deq.f(torch.zeros_like(h), h)
+        z3 = m.deq.f(m.deq.f(z1, h), h)
+    assert difference(z3, z1)[1] > 100 * 1e-4
+    reference_like = FakeBridge(repeat_same_input=True)
+    report = compare(m, inputs(), julia_model=JuliaModel.from_torch(m, bridge=reference_like))
+    assert report.nfe_torch == report.nfe_julia == 3  # the nfe alone would not show it
+    assert not report.passed and report.z_star_rel > 1e-3
+
+
+def test_solved_nfe_is_reported_not_compared_and_approximations_travel(fake_bridge):
+    m = tight_model("vanilla", False, discrete_solver="broyden")
+    julia_model = JuliaModel.from_torch(m, bridge=fake_bridge)
+    report = compare(m, inputs(), julia_model=julia_model)
+    assert report.nfe_expected is None and report.nfe_as_expected
+    assert report.approximations == julia_model.spec.approximations
+    assert any("batch-coupled" in note for note in report.approximations)
+    assert "not compared" in report.summary() and "L-Broyden is batch-coupled" in report.summary()
+    assert tuple(report.to_dict()["approximations"]) == report.approximations
+
+
+def test_an_nfe_other_than_the_fixed_depth_fails_the_report(fake_bridge):
+    m = tight_model("skip_reg", False)
+    m.deq.fixed_depth = 2
+    report = compare(m, inputs(), julia_model=JuliaModel.from_torch(m, bridge=fake_bridge))
+    broken = dataclasses.replace(report, nfe_julia=1)
+    assert report.passed and not broken.nfe_as_expected and not broken.passed
+    assert "both must be 2" in broken.summary()
+
+
+def test_a_session_built_for_other_settings_is_refused(fake_bridge):
+    m = tight_model("vanilla", False)
+    julia_model = JuliaModel.from_torch(m, bridge=fake_bridge)
+    m.deq.fixed_depth = 2  # torch would unroll while the session solves
+    with pytest.raises(ValueError, match="fixed_depth"):
+        compare(m, inputs(), julia_model=julia_model)

@@ -6,7 +6,6 @@ Julia sources with that name, and that every package the module loads is a decla
 dependency.
 """
 
-import glob
 import os
 import tomllib
 
@@ -18,17 +17,10 @@ from pycdeq.julia.translate import translate
 tree_sitter = pytest.importorskip("tree_sitter")
 tree_sitter_julia = pytest.importorskip("tree_sitter_julia")
 
-BRIDGE = os.path.join(os.path.dirname(backend_module.__file__), "PycdeqBridge")
-SOURCES = sorted(glob.glob(os.path.join(BRIDGE, "src", "*.jl")))
-
-
-def _parser():
-    return tree_sitter.Parser(tree_sitter.Language(tree_sitter_julia.language()))
-
-
-def _parse(path):
-    with open(path, "rb") as file:
-        return _parser().parse(file.read())
+from _julia_tree import BRIDGE, SOURCES  # noqa: E402 -- needs tree_sitter (skipped above)
+from _julia_tree import parse as _parse  # noqa: E402
+from _julia_tree import parser as _parser  # noqa: E402
+from _julia_tree import walk as _walk  # noqa: E402
 
 
 def _problems(tree):
@@ -40,12 +32,6 @@ def _problems(tree):
             found.append(f"{node.type} at line {node.start_point[0] + 1}: {node.text[:60]!r}")
         stack.extend(node.children)
     return found
-
-
-def _walk(node):
-    yield node
-    for child in node.children:
-        yield from _walk(child)
 
 
 def _signature_call(node):
@@ -184,11 +170,12 @@ def _imported_names():
 
 
 # Base / Core functions and types the bridge calls (a typo would be missing from this list).
-BASE = {"ArgumentError", "Array", "DimensionMismatch", "ErrorException", "typeof", "Float32", "Float64", "Int", "String", "Val",
+BASE = {"ArgumentError", "Array", "DimensionMismatch", "ErrorException", "typeof", "Float32", "Float64",
+        "Int", "String", "Val",
         "abs", "append!", "argmax", "axes", "collect", "copyto!", "enumerate", "exp", "first", "get",
         "getproperty", "haskey", "include", "join", "keys", "length", "log", "map", "maximum", "min",
         "ndims", "push!", "reduce", "repr", "reshape", "size", "sqrt", "string", "sum", "throw",
-        "vcat", "vec", "view", "zeros"}
+        "vcat", "vec", "view", "zero", "zeros", "eltype"}
 LOCAL_CALLABLES = {"Session", "device"}  # the struct's constructor; a device object called on arrays
 
 

@@ -92,6 +92,26 @@ def test_ode_methods_map_to_ordinarydiffeq_with_separate_tolerances(solver, name
     assert spec.maxiters == solver.max_steps
 
 
+@pytest.mark.parametrize("solver, coupled", [
+    (Anderson(m=3, termination=ABS), "anderson"), (Broyden(memory=5, termination=ABS), "broyden"),
+    (FixedPoint(termination=ABS), None)])
+def test_batch_coupled_solvers_say_so_in_the_approximations(solver, coupled):
+    notes = tr.translate(model(continuous=False, solver=solver)).approximations
+    coupling = [n for n in notes if "batch-coupled" in n]
+    if coupled is None:  # damped Picard is elementwise: only the batch-level stop differs
+        assert coupling == []
+    else:
+        assert coupling == [tr.BATCH_COUPLED[coupled]]
+        assert "nfe differ" in coupling[0] and "z* agrees" in coupling[0]
+    assert any("whole batch at once" in n for n in notes)
+
+
+def test_spec_json_without_a_restart_reads_with_pycdeqs_default():
+    data = json.loads(tr.translate(model("skip", False)).to_json())
+    del data["adjoint"]["restart"]
+    assert tr.ModelSpec.from_dict(data).adjoint.restart == GMRES().restart
+
+
 def test_anderson_needs_absolute_termination():
     with pytest.raises(TranslationError, match="mode='abs'"):
         tr.translate(model(continuous=False, solver=Anderson(termination=Termination(mode="rel"))))
@@ -116,8 +136,15 @@ def test_termination_modes_record_their_approximations():
 
 
 def test_gmres_adjoint_maps_and_others_are_refused():
-    spec = tr.translate(model(adjoint=GMRES(rtol=1e-4, atol=1e-9, max_iter=12))).adjoint
-    assert (spec.name, spec.reltol, spec.abstol, spec.maxiters) == ("steady_state", 1e-4, 1e-9, 12)
+    translated = tr.translate(model(adjoint=GMRES(rtol=1e-4, atol=1e-9, max_iter=12, restart=7)))
+    spec = translated.adjoint
+    assert (spec.name, spec.reltol, spec.abstol, spec.maxiters, spec.restart) == (
+        "steady_state", 1e-4, 1e-9, 12, 7)
+    assert translated.julia_kwargs()["adjoint_restart"] == 7
+    # The linear solver is explicit (KrylovJL_GMRES), whatever the state size: the report says
+    # how its stopping rule differs, not that a library default was chosen.
+    assert tr.ADJOINT_GMRES_NOTE in translated.approximations
+    assert not any("default method" in note for note in translated.approximations)
     with pytest.raises(TranslationError, match="JFB"):
         tr.translate(model(adjoint=JFB()))
 

@@ -17,8 +17,9 @@ Layout conventions (the Python side converts; see `pycdeq/julia/convert.py`):
 """
 module PycdeqBridge
 
-using DeepEquilibriumNetworks: DeepEquilibriumNetwork, SkipDeepEquilibriumNetwork
-using Lux: Lux, Chain, Dense, Parallel, relu, cpu_device, gpu_device
+using DeepEquilibriumNetworks: DeepEquilibriumNetwork, SkipDeepEquilibriumNetwork,
+    DeepEquilibriumSolution
+using Lux: Lux, Chain, Dense, NoOpLayer, Parallel, relu, cpu_device, gpu_device
 using LuxCore: LuxCore
 using NonlinearSolve: LimitedMemoryBroyden, NLsolveJL, AbsNormTerminationMode,
     RelNormTerminationMode, NormTerminationMode, AbsNormSafeTerminationMode,
@@ -34,6 +35,7 @@ using OrdinaryDiffEqLowOrderRK: BS3, DP5, Euler, RK4
 using OrdinaryDiffEqAdamsBashforthMoulton: VCAB3
 using SciMLBase: ODEProblem
 using SciMLSensitivity: SteadyStateAdjoint, GaussAdjoint, BacksolveAdjoint, ZygoteVJP
+using LinearSolve: KrylovJL_GMRES
 using Zygote: Zygote
 using Optimisers: Optimisers
 using DLPack: DLPack

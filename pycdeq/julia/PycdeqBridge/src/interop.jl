@@ -9,10 +9,23 @@ fallback (Python loads LuxCUDA first). The Adam moments are reset: moving restar
 optimiser.
 """
 function to_gpu!(s::Session)
+    check_gpu_solver(s)
     device = gpu_device()
     device isa typeof(cpu_device()) &&
         throw(ErrorException("no functional GPU backend: load LuxCUDA (and check CUDA.functional())"))
     return move!(s, device)
+end
+
+"""
+NLsolve's Anderson keeps its least-squares QR factors in host `Matrix`es (`AndersonCache` in
+NLsolve 4.5 `src/solvers/anderson.jl`; `qradd!` in `src/nlsolve/utils.jl`), which meet device
+arrays at the first acceleration step. Python refuses this before Julia starts
+(`pycdeq.julia.devices`); this is the same rule for direct callers of the bridge.
+"""
+function check_gpu_solver(s::Session)
+    get(s.options, :solver, "") == "anderson" && throw(ArgumentError(
+        "Anderson (NLsolveJL) cannot run on a GPU: NLsolve keeps its QR factors on the host"))
+    return nothing
 end
 
 """`to_cpu!(session)`: move everything back to the host (the Adam moments are reset)."""

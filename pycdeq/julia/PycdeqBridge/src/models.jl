@@ -5,7 +5,8 @@ const VARIANTS = ("vanilla", "skip", "skip_reg", "node")
 """
     mnist_dense(; in_features, width, num_classes, variant, solver, kwargs)
 
-The MNIST fully connected model (architectures.md §6), with the same structure as
+The MNIST fully connected model of the paper's experiments (SciML/DeepEquilibriumNetworks.jl,
+`experiments/mnist/mnist_fc.jl` at commit a20094a), with the same structure as
 `pycdeq.models.MNISTDense`:
 
     Chain(Dense(in => width, relu),
@@ -54,6 +55,7 @@ mutable struct Session
     learning_rate::Float64
     device::Any             # an MLDataDevices device: cpu_device() or gpu_device()
     residual_norm::String   # "max" or "l2": how `forward` reports per-sample residuals
+    fixed_depth::Int        # > 0: the DEQ layer is unrolled this many times (`unrolled_deq`)
 end
 
 """
@@ -78,23 +80,23 @@ function _build(; architecture::AbstractString = "mnist-dense", in_features::Int
         ode_reltol::Real = 1.0e-3, dt::Real = 0.0, dtmin::Real = 0.0, adaptive::Bool = true,
         adjoint::AbstractString = "steady_state", adjoint_abstol::Real = 1.0e-3,
         adjoint_reltol::Real = 1.0e-3, adjoint_maxiters::Integer = 10,
-        fixed_depth::Integer = 0, seed::Integer = 0)
+        adjoint_restart::Integer = 20, fixed_depth::Integer = 0, seed::Integer = 0)
     architecture == "mnist-dense" ||
         throw(ArgumentError("only architecture \"mnist-dense\" is supported, got $(repr(architecture))"))
     fixed_depth >= 0 || throw(ArgumentError("fixed_depth must be >= 0, got $fixed_depth"))
+    (fixed_depth > 0 && variant == "node") &&
+        throw(ArgumentError("fixed_depth applies to a DEQ, not to a Neural ODE"))
     alg = make_solver(solver; memory, m, beta)
     kwargs = solve_kwargs(; variant, solver, termination, norm, safe, best, abstol, reltol,
         maxiters, ode_abstol, ode_reltol, dt, dtmin, adaptive, adjoint, adjoint_abstol,
-        adjoint_reltol, adjoint_maxiters)
+        adjoint_reltol, adjoint_maxiters, adjoint_restart)
     model = mnist_dense(; in_features, width, num_classes, variant, solver = alg, kwargs)
+    # The DEQ's own `fixed_depth` state stays `Val(0)`: DeepEquilibriumNetworks' unrolled mode
+    # (a `RepeatedLayer` without input injection) feeds the same `(z0, x)` to every repeat,
+    # so it returns f(z0, x) whatever the depth. `unrolled_deq` (training.jl) unrolls instead.
     ps, st = Lux.setup(Xoshiro(seed), model)
-    if fixed_depth > 0
-        # Unrolled pretraining: `fixed_depth` plain applications of f from z0 (DEQ.jl's
-        # RepeatedLayer branch), the same as pycdeq's `layer.fixed_depth`.
-        st = LuxCore.update_state(st, :fixed_depth, Val(Int(fixed_depth)))
-    end
     return Session(model, ps, st, Dict{Symbol, Any}(), parameter_paths(ps), nothing, 1.0e-3,
-        cpu_device(), String(norm))
+        cpu_device(), String(norm), Int(fixed_depth))
 end
 
 """All parameter arrays of a nested NamedTuple, depth first in field order."""

@@ -82,21 +82,26 @@ function make_termination(mode::AbstractString, norm::AbstractString, safe::Bool
 end
 
 """
-    make_sensealg(name; abstol, reltol, maxiters)
+    make_sensealg(name; abstol, reltol, maxiters, restart)
 
-  - `"steady_state"`: `SteadyStateAdjoint` with a matrix-free VJP (Zygote) and LinearSolve's
-    default method for the operator, truncated at `maxiters` / `abstol` / `reltol` (the
-    same construction DeepEquilibriumNetworks uses by default, with pycdeq's GMRES settings);
+  - `"steady_state"`: `SteadyStateAdjoint` with a matrix-free VJP (Zygote) and an explicit
+    `KrylovJL_GMRES(; gmres_restart = restart)` (LinearSolve), truncated at `maxiters` /
+    `abstol` / `reltol`: pycdeq's GMRES settings. The linear solver is passed explicitly
+    because `linsolve = nothing` (DeepEquilibriumNetworks' default) makes SciMLSensitivity
+    build a dense ForwardDiff Jacobian and solve exactly whenever the whole batch state has
+    at most 50 entries (`src/steadystate_adjoint.jl`), ignoring the iteration cap, and
+    otherwise picks LinearSolve's unrestarted GMRES;
   - `"gauss"`: `GaussAdjoint` (Neural ODE; DeepEquilibriumNetworks' default for ODEs);
   - `"backsolve"`: `BacksolveAdjoint` (Neural ODE, constant memory).
 """
 function make_sensealg(name::AbstractString; abstol::Real = 1.0e-3, reltol::Real = 1.0e-3,
-        maxiters::Integer = 10)
+        maxiters::Integer = 10, restart::Integer = 20)
     if name == "steady_state"
+        restart >= 1 || throw(ArgumentError("adjoint_restart must be >= 1, got $restart"))
+        linsolve = KrylovJL_GMRES(; gmres_restart = Int(restart))
         linsolve_kwargs = (; maxiters = Int(maxiters), abstol = Float64(abstol),
             reltol = Float64(reltol))
-        return SteadyStateAdjoint(; linsolve = nothing, linsolve_kwargs,
-            autojacvec = ZygoteVJP())
+        return SteadyStateAdjoint(; linsolve, linsolve_kwargs, autojacvec = ZygoteVJP())
     end
     name == "gauss" && return GaussAdjoint(; autojacvec = ZygoteVJP())
     name == "backsolve" && return BacksolveAdjoint(; autojacvec = ZygoteVJP())

@@ -1,17 +1,63 @@
 # Forward passes, gradients and the training loop. All inputs are `(features, batch)`.
 
 """
-    apply_parts(model, x, ps, st) -> (logits, h, z_star, st_new)
+    apply_parts(model, x, ps, st, depth) -> (logits, h, z_star, st_new)
 
 The chain's three layers applied one by one, because the losses and the residual need the
-injection `h = stem(x)` and `z*` as well as the logits.
+injection `h = stem(x)` and `z*` as well as the logits. With `depth > 0` the DEQ layer is
+unrolled (`unrolled_deq`) instead of solved.
 """
-function apply_parts(model::Chain, x, ps, st)
+function apply_parts(model::Chain, x, ps, st, depth::Int)
     layers = model.layers
     h, st_stem = LuxCore.apply(layers.layer_1, x, ps.layer_1, st.layer_1)
-    z, st_deq = LuxCore.apply(layers.layer_2, h, ps.layer_2, st.layer_2)
+    z, st_deq = if depth > 0
+        unrolled_deq(layers.layer_2, h, ps.layer_2, st.layer_2, depth)
+    else
+        LuxCore.apply(layers.layer_2, h, ps.layer_2, st.layer_2)
+    end
     y, st_head = LuxCore.apply(layers.layer_3, z, ps.layer_3, st.layer_3)
     return y, h, z, (; layer_1 = st_stem, layer_2 = st_deq, layer_3 = st_head)
+end
+
+"""
+    unrolled_deq(deq, x, ps, st, depth) -> (z, st_new)
+
+pycdeq's `fixed_depth`: `z0` as the DEQ defines it, then `depth` calls of `f` on the running
+state, `z ← f(z, x)`, with plain backpropagation through the calls; `nfe = depth`.
+
+DeepEquilibriumNetworks' own unrolled mode (`st.fixed_depth = Val(d)`) is not used: it wraps
+`f` in Lux's `RepeatedLayer` with the default `input_injection = false`, whose generated code
+passes the same `(z0, x)` to every repeat, so it returns `f(z0, x)` for every `d`
+(docs/julia.md, "Known differences of the reference").
+"""
+function unrolled_deq(deq, x, ps, st, depth::Int)
+    z0 = initial_state(deq, x, ps, st)
+    z, st_model = z0, st.model
+    for _ in 1:depth
+        z, st_model = LuxCore.apply(deq.model, (z, x), ps.model, st_model)
+    end
+    solution = DeepEquilibriumSolution(z, z0, nothing, zero(eltype(z)), depth, nothing)
+    return z, (; st..., model = st_model, solution)
+end
+
+"""`z0` of a DEQ layer, by DeepEquilibriumNetworks' rule: `f(0, x)` when its `init` is a
+`NoOpLayer` (Skip Reg.), otherwise `init(x)` (zeros for vanilla, `g(x)` for Skip)."""
+function initial_state(deq, x, ps, st)
+    if deq.init isa NoOpLayer
+        z0, _ = LuxCore.apply(deq.model, (zero(x), x), ps.model, st.model)
+        return z0
+    end
+    z0, _ = LuxCore.apply(deq.init, x, ps.init, st.init)
+    return z0
+end
+
+"""
+The layer states to keep between calls: the DEQ's `solution` (which holds the whole SciML
+solution, its problem and closures) is replaced by an empty one, so that `testmode` and
+device moves do not walk and rebuild it.
+"""
+function without_solution(st)
+    return (; st..., layer_2 = (; st.layer_2..., solution = DeepEquilibriumSolution()))
 end
 
 """
@@ -42,7 +88,7 @@ solver's function-evaluation count for the batch (`-1` if the solver reports non
 """
 function forward(s::Session, x::AbstractMatrix)
     xd = device_input(s, x)
-    y, h, z, st_new = apply_parts(s.model, xd, s.ps, LuxCore.testmode(s.st))
+    y, h, z, st_new = apply_parts(s.model, xd, s.ps, LuxCore.testmode(s.st), s.fixed_depth)
     solution = st_new.layer_2.solution
     residual = sample_residual(s, h, z, s.ps, st_new)
     return (y, z, solution.u0, Int(solution.nfe), residual)
@@ -59,7 +105,9 @@ function value_and_gradient(s::Session, x::AbstractMatrix, cotangent::AbstractMa
     xd = device_input(s, x)
     w = device_input(s, cotangent)
     st = s.st
-    result = Zygote.withgradient(ps -> sum(first(apply_parts(s.model, xd, ps, st)) .* w), s.ps)
+    depth = s.fixed_depth
+    result = Zygote.withgradient(ps -> sum(first(apply_parts(s.model, xd, ps, st, depth)) .* w),
+        s.ps)
     return Float64(result.val), flatten_gradient(s, result.grad[1])
 end
 
@@ -92,7 +140,7 @@ Training loss: cross-entropy plus, for the Skip variants, `skip_weight * mean|z*
 gradient, which is what trains `g`).
 """
 function objective(s::Session, ps, x, targets, skip_weight, with_skip_loss::Bool)
-    logits, _, z, st_new = apply_parts(s.model, x, ps, s.st)
+    logits, _, z, st_new = apply_parts(s.model, x, ps, s.st, s.fixed_depth)
     loss = logit_cross_entropy(logits, targets)
     if with_skip_loss
         difference = z .- st_new.layer_2.solution.u0
@@ -130,7 +178,7 @@ function train_step!(s::Session, x::AbstractMatrix, labels::AbstractVector{<:Int
     result = Zygote.withgradient(ps -> objective(s, ps, xd, targets, weight, with_skip_loss), s.ps)
     loss, st_new = result.val
     s.optimiser, s.ps = Optimisers.update!(s.optimiser, s.ps, result.grad[1])
-    s.st = st_new
+    s.st = without_solution(st_new)
     return Float64(loss)
 end
 

@@ -12,7 +12,6 @@ from pycdeq import Anderson, Termination
 from pycdeq.layers import SkipRegDEQ
 from pycdeq.models import DenseInjection
 from pycdeq.training import CheckpointError, Trainer, TrainConfig, load_checkpoint, save_checkpoint
-from pycdeq.training import checkpoint as checkpoint_module
 from pycdeq.training import files as files_module
 
 FEATURES, WIDTH, CLASSES = 12, 8, 3

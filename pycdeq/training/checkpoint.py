@@ -120,7 +120,8 @@ def load_checkpoint(path, map_location: Any = "cpu") -> dict:
 # --- what a checkpoint belongs to --------------------------------------------------------------
 def describe(value: Any) -> Any:
     """``value`` as plain data for storing and comparing: dataclasses become dicts (with their
-    type's name under ``"type"``), tuples lists; other objects their ``repr``."""
+    type's name under ``"type"``), tuples lists; other objects their ``repr`` (their class's
+    name where the repr is Python's default, which holds a memory address)."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         fields = {f.name: describe(getattr(value, f.name)) for f in dataclasses.fields(value)}
         return {"type": type(value).__name__, **fields}
@@ -130,6 +131,8 @@ def describe(value: Any) -> Any:
         return [describe(v) for v in value]
     if isinstance(value, (str, int, float, bool, type(None))):
         return value
+    if type(value).__repr__ is object.__repr__:  # "<... object at 0x...>" differs in every process
+        return f"{type(value).__module__}.{type(value).__qualname__}"
     return repr(value)
 
 

@@ -155,3 +155,11 @@ def test_checkpoint_without_a_recorded_run_is_refused(tmp_path):
     trainer = Trainer(_model(), TrainConfig(epochs=1, batch_size=8, progress=False), checkpoint_path=path)
     with pytest.raises(CheckpointError, match="does not record which run"):
         trainer.fit(_data(), resume=True)
+
+
+def test_identity_of_objects_without_a_repr_does_not_hold_their_address():
+    class Opaque:
+        pass
+
+    assert checkpoint_module.describe(Opaque()) == checkpoint_module.describe(Opaque())
+    assert checkpoint_module.describe({"t": (1, 2.0, None)}) == {"t": [1, 2.0, None]}

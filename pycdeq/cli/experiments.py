@@ -1,10 +1,11 @@
 """The paper's experiment setups as frozen dataclasses, and TOML configs on top of them.
 
 An :class:`Experiment` is everything a ``pycdeq run`` needs besides where to write: model,
-data, variants, training options and seeds. The named setups follow the paper
-(``docs/architectures.md`` §10); ``default`` is the embedded job of a bare ``pycdeq run``:
-the MNIST-dense setup on scikit-learn's digits (the real data set that ships offline),
-shortened so that it finishes in a few minutes on two CPU cores.
+data, variants, training options (a nested :class:`~pycdeq.training.TrainConfig`) and seeds.
+The named setups follow the paper (Pal, Edelman, Rackauckas, arXiv 2201.12240, and its
+released scripts; ``docs/architectures.md`` §10); ``default`` is the embedded job of a bare
+``pycdeq run``: the MNIST-dense setup on scikit-learn's digits (the real data set that ships
+offline), shortened so that it finishes in a few minutes on two CPU cores.
 
 Choices where the paper's sources disagree (documented per setup below):
 
@@ -33,6 +34,11 @@ from ..training import TrainConfig
 VARIANT_NAMES = {"vanilla": "Vanilla DEQ", "skip": "Skip DEQ", "skip_reg": "Skip Reg. DEQ", "node": "Neural ODE"}
 
 
+class ConfigError(ValueError):
+    """Settings that cannot be used (unreadable file, invalid TOML, unknown key, bad value);
+    the message names the file."""
+
+
 def _frozen_mapping(name: str, value) -> Tuple[Tuple[str, Any], ...]:
     """A mapping as sorted ``(key, value)`` pairs (lists become tuples), so the dataclass stays frozen."""
     if isinstance(value, tuple) and all(isinstance(p, tuple) and len(p) == 2 for p in value):
@@ -45,16 +51,29 @@ def _frozen_mapping(name: str, value) -> Tuple[Tuple[str, Any], ...]:
     return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in value.items()))
 
 
+#: TrainConfig fields an experiment sets (flat, in TOML files and experiment.json). The other
+#: two are chosen per run: ``seed`` from ``seeds``, ``progress`` from the command line.
+TRAIN_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name not in ("seed", "progress"))
+
+#: An experiment's training defaults: TrainConfig's, except 25 epochs and evaluation in
+#: training-sized batches (as the paper's "predict s/batch" and test nfe are measured).
+DEFAULT_TRAINING = TrainConfig(epochs=25, eval_batch_size=None, progress=False)
+
+
 @dataclass(frozen=True)
 class Experiment:
     """One comparison of variants of a paper model on a data set, over several seeds.
 
-    ``epochs`` / ``steps``: at least one is set; with only ``steps`` the number of epochs
-    follows from the data size. ``lambda_jac > 0`` adds the Jacobian regularization to the
-    DEQ variants (the paper's Table A; the dense model only). ``eval_batch_size=None`` uses
-    ``batch_size``, so "predict s/batch" and test nfe refer to training-sized batches as in
-    the paper. The data split is always drawn with seed 0, so seeds vary only the
-    initialisation and the batch order.
+    ``train`` holds the training options (a :class:`~pycdeq.training.TrainConfig`; its
+    ``seed`` stays 0: each run gets one of ``seeds``). ``train.epochs`` / ``train.steps``: at
+    least one is set; with only ``steps`` the number of epochs follows from the data size.
+    ``train.lambda_jac > 0`` adds the Jacobian regularization to the DEQ variants (the paper's
+    Table A; the dense model only). The data split is always drawn with seed 0, so seeds vary
+    only the initialisation and the batch order.
+
+    Settings as a flat mapping (TOML files, ``experiment.json``, :meth:`replace`) name the
+    training options directly (``lr = 0.01``, not ``train.lr``); reading them works the same
+    way (``experiment.lr is experiment.train.lr``).
     """
 
     name: str
@@ -66,24 +85,10 @@ class Experiment:
     model_options: Tuple[Tuple[str, Any], ...] = ()
     variants: Tuple[str, ...] = VARIANTS
     continuous: bool = True
-    epochs: Optional[int] = 25
-    steps: Optional[int] = None
-    batch_size: int = 32
-    eval_batch_size: Optional[int] = None
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    schedule: str = "constant"
-    lr_min: float = 0.0
-    lambda_skip: float = 0.01
-    lambda_jac: float = 0.0
-    pretrain_steps: int = 0
-    pretrain_depth: int = 5
-    grad_clip: Optional[float] = None
+    train: TrainConfig = DEFAULT_TRAINING
     seeds: Tuple[int, ...] = (0, 1, 2)
     limit_train: Optional[int] = None
     limit_test: Optional[int] = None
-    device: str = "cpu"
     description: str = ""
 
     def __post_init__(self):
@@ -99,15 +104,28 @@ class Experiment:
         object.__setattr__(self, "model_options", _frozen_mapping("model_options", self.model_options))
         self._check_variants()
         self._check_seeds()
-        if self.epochs is None and self.steps is None:
-            raise ValueError("set epochs or steps (or both)")
-        for name in ("epochs", "steps", "eval_batch_size", "limit_train", "limit_test"):
+        self._check_training()
+        for name in ("limit_train", "limit_test"):
             if getattr(self, name) is not None:
                 _checks.positive_int(name, getattr(self, name))
-        if self.lambda_jac and self.model != "mnist-dense":
-            raise ValueError(f"Jacobian regularization (lambda_jac={self.lambda_jac}) is available for the "
+
+    def __getattr__(self, name: str):
+        # Only reached for names that are not attributes: the training options read through.
+        if name in TRAIN_FIELDS:
+            return getattr(object.__getattribute__(self, "train"), name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def _check_training(self) -> None:
+        if not isinstance(self.train, TrainConfig):
+            raise TypeError(f"train must be a TrainConfig, got {type(self.train).__name__}")
+        if self.train.seed != 0:
+            raise ValueError(f"train.seed={self.train.seed}: an experiment's runs take their seeds from "
+                             "`seeds`; leave train.seed at 0")
+        if self.train.progress:  # a display choice made per run; kept off so settings compare equal
+            object.__setattr__(self, "train", dataclasses.replace(self.train, progress=False))
+        if self.train.lambda_jac and self.model != "mnist-dense":
+            raise ValueError(f"Jacobian regularization (lambda_jac={self.train.lambda_jac}) is available for the "
                              f"mnist-dense model only, not {self.model!r}")
-        self.train_config(seed=self.seeds[0], epochs=self.epochs or 1)  # validates the training options
 
     def _check_variants(self) -> None:
         variants = self.variants
@@ -140,20 +158,61 @@ class Experiment:
 
     def train_config(self, *, seed: int, epochs: int, progress: bool = False) -> TrainConfig:
         """The trainer options of one run (``epochs`` resolved against the data size)."""
-        return TrainConfig(epochs=epochs, steps=self.steps, batch_size=self.batch_size,
-                           eval_batch_size=self.eval_batch_size or self.batch_size, optimizer=self.optimizer,
-                           lr=self.lr, weight_decay=self.weight_decay, schedule=self.schedule,
-                           lr_min=self.lr_min, lambda_skip=self.lambda_skip, lambda_jac=self.lambda_jac,
-                           pretrain_steps=self.pretrain_steps, pretrain_depth=self.pretrain_depth,
-                           grad_clip=self.grad_clip, seed=seed, device=self.device, progress=progress)
+        return dataclasses.replace(self.train, epochs=epochs, seed=seed, progress=progress)
+
+    def replace(self, **changes) -> "Experiment":
+        """A copy with some settings changed (re-validated); training options by their own name
+        (``replace(lr=0.1, seeds=3)``). An unknown name raises ``TypeError`` naming it."""
+        unknown = sorted(set(changes) - set(SETTINGS) - {"train"})
+        if unknown:
+            raise TypeError(f"unknown setting(s) {', '.join(map(repr, unknown))}; valid: {', '.join(SETTINGS)}")
+        training = {k: changes.pop(k) for k in list(changes) if k in TRAIN_FIELDS}
+        train = changes.pop("train", self.train)
+        if training:
+            if not isinstance(train, TrainConfig):
+                raise TypeError(f"train must be a TrainConfig, got {type(train).__name__}")
+            train = dataclasses.replace(train, **training)
+        return dataclasses.replace(self, train=train, **changes)
+
+    @classmethod
+    def from_dict(cls, settings: Mapping[str, Any], *, source: str = "settings") -> "Experiment":
+        """An experiment from flat settings (:meth:`to_dict`'s layout; missing ones take the
+        defaults). :class:`ConfigError` names ``source`` (a file) and the offending key."""
+        if not isinstance(settings, Mapping):
+            raise ConfigError(f"{source}: expected a table of settings, got {type(settings).__name__}")
+        unknown = sorted(set(settings) - set(SETTINGS))
+        if unknown:
+            raise ConfigError(f"{source}: unknown key(s) {', '.join(map(repr, unknown))}; "
+                              f"valid keys: {', '.join(SETTINGS)}")
+        if "name" not in settings:
+            raise ConfigError(f"{source}: the key 'name' is missing")
+        rest = {k: v for k, v in settings.items() if k != "name"}
+        try:
+            return cls(name=settings["name"]).replace(**rest)
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"{source}: {error}") from error
 
     def to_dict(self) -> dict:
-        """JSON-ready settings (``experiment.json`` in the output folder)."""
-        out = dataclasses.asdict(self)
-        out["dataset_options"] = {k: list(v) if isinstance(v, tuple) else v for k, v in self.dataset_options}
-        out["model_options"] = {k: list(v) if isinstance(v, tuple) else v for k, v in self.model_options}
-        out["variants"], out["seeds"] = list(self.variants), list(self.seeds)
+        """JSON-ready flat settings (``experiment.json`` in the output folder)."""
+        out = {}
+        for f in dataclasses.fields(self):
+            if f.name == "train":
+                out.update({name: getattr(self.train, name) for name in TRAIN_FIELDS})
+            elif f.name in ("dataset_options", "model_options"):
+                out[f.name] = {k: list(v) if isinstance(v, tuple) else v for k, v in getattr(self, f.name)}
+            elif f.name in ("variants", "seeds"):
+                out[f.name] = list(getattr(self, f.name))
+            else:
+                out[f.name] = getattr(self, f.name)
         return out
+
+
+#: The flat settings' keys: every Experiment field but ``train``, and the training options.
+SETTINGS = tuple(f.name for f in dataclasses.fields(Experiment) if f.name != "train") + TRAIN_FIELDS
+
+
+def _setup(name: str, description: str, **settings) -> Experiment:
+    return Experiment(name=name, description=description).replace(**settings)
 
 
 _MNIST_DENSE = dict(model="mnist-dense", dataset="mnist", epochs=25, batch_size=32, optimizer="adam", lr=1e-3,
@@ -162,35 +221,32 @@ _CIFAR = dict(dataset="cifar10", epochs=None, batch_size=128, optimizer="adamw",
               lr_min=1e-6, lambda_skip=0.01)
 
 EXPERIMENTS = {
-    "default": Experiment(
-        name="default", **{**_MNIST_DENSE, "dataset": "digits", "epochs": 3, "seeds": (0, 1)},
-        description="mnist-dense on scikit-learn's digits (offline), 4 variants, 3 epochs, 2 seeds"),
-    "mnist-dense": Experiment(
-        name="mnist-dense", **_MNIST_DENSE,
-        description="Table A: Dense(784,128) + continuous DEQ + Dense(128,10); MNIST IDX files, 25 epochs"),
-    "mnist-conv": Experiment(
-        name="mnist-conv", model="mnist-conv", dataset="mnist", epochs=25, batch_size=64, optimizer="adamw",
-        lr=1e-3, weight_decay=2.5e-6, schedule="cosine", lr_min=1e-6, lambda_skip=1.0,
-        description="2-scale MDEQ on MNIST (paper v1 script settings), 25 epochs, batch 64"),
-    "cifar10-small": Experiment(
-        name="cifar10-small", model="cifar10-small", steps=20_000, weight_decay=2.5e-6, pretrain_steps=3_000,
-        **_CIFAR, description="Table B: MDEQ-small on CIFAR-10 batches, 20k steps, batch 128"),
-    "cifar10-large": Experiment(
-        name="cifar10-large", model="cifar10-large", steps=90_000, **_CIFAR,
-        description="Table C: MDEQ-large on CIFAR-10 batches, 90k steps, batch 128"),
+    "default": _setup(
+        "default", "mnist-dense on scikit-learn's digits (offline), 4 variants, 3 epochs, 2 seeds",
+        **{**_MNIST_DENSE, "dataset": "digits", "epochs": 3, "seeds": (0, 1)}),
+    "mnist-dense": _setup(
+        "mnist-dense", "Table A: Dense(784,128) + continuous DEQ + Dense(128,10); MNIST IDX files, 25 epochs",
+        **_MNIST_DENSE),
+    "mnist-conv": _setup(
+        "mnist-conv", "2-scale MDEQ on MNIST (paper v1 script settings), 25 epochs, batch 64",
+        model="mnist-conv", dataset="mnist", epochs=25, batch_size=64, optimizer="adamw", lr=1e-3,
+        weight_decay=2.5e-6, schedule="cosine", lr_min=1e-6, lambda_skip=1.0),
+    "cifar10-small": _setup(
+        "cifar10-small", "Table B: MDEQ-small on CIFAR-10 batches, 20k steps, batch 128",
+        model="cifar10-small", steps=20_000, weight_decay=2.5e-6, pretrain_steps=3_000, **_CIFAR),
+    "cifar10-large": _setup(
+        "cifar10-large", "Table C: MDEQ-large on CIFAR-10 batches, 90k steps, batch 128",
+        model="cifar10-large", steps=90_000, **_CIFAR),
 }
 
-#: Keys a TOML file may set: every Experiment field except the name, plus ``base``.
-_TOML_FIELDS = tuple(f.name for f in dataclasses.fields(Experiment) if f.name != "name")
-
-
-class ConfigError(ValueError):
-    """A config file that cannot be used (unreadable, invalid TOML, unknown key, bad value)."""
+#: Keys a TOML file may set: the flat settings except the name, plus ``base``.
+_TOML_FIELDS = tuple(name for name in SETTINGS if name != "name")
 
 
 def load_toml(path) -> Experiment:
     """An :class:`Experiment` from a TOML file: ``base = "<setup>"`` (default ``"default"``)
-    plus any Experiment field; ``dataset_options`` / ``model_options`` are tables. Unknown
+    plus any flat setting (:data:`SETTINGS` but ``name``, which is the file's stem);
+    ``dataset_options`` / ``model_options`` are tables. Unknown
     keys raise :class:`ConfigError` naming them."""
     path = Path(path)
     try:
@@ -208,7 +264,7 @@ def load_toml(path) -> Experiment:
     if base_name not in EXPERIMENTS:
         raise ConfigError(f"{path}: base must be one of {', '.join(map(repr, EXPERIMENTS))}, got {base_name!r}")
     try:
-        return dataclasses.replace(EXPERIMENTS[base_name], name=path.stem, **table)
+        return EXPERIMENTS[base_name].replace(name=path.stem, **table)
     except (TypeError, ValueError) as error:
         raise ConfigError(f"{path}: {error}") from error
 

@@ -7,15 +7,18 @@
     pycdeq list                     # the named setups
 
 Exit codes: 0 success; 2 bad arguments (an argparse-style message on stderr; also an
-unknown experiment, a bad config file or an invalid value found while configuring); 1 the
-run failed (the error on stderr, the traceback too with --debug); 130 interrupted with
-Ctrl-C (the last complete checkpoints and partial results stay in --out).
+unknown experiment, a bad config file, an invalid value found while configuring, a device
+this machine does not have, an --out that holds another experiment, nothing to --resume, or
+another run holding --out); 1 the run failed (the error on stderr, the traceback too with
+--debug; also damaged or foreign files found in --out on --resume, named); 130 interrupted
+with Ctrl-C (the last complete checkpoints and partial results stay in --out). Requests are
+checked before anything is written, and a failed attempt never replaces a results.json that
+holds more finished runs.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
@@ -108,12 +111,18 @@ def configure(args: argparse.Namespace) -> Experiment:
 
     ``--resume`` without an EXPERIMENT continues with the settings stored in ``--out``.
     """
-    stored = args.out / "experiment.json" if args.resume and args.out is not None else None
-    if args.experiment is None and stored is not None and stored.is_file():
+    if args.resume and args.out is None:
+        raise ValueError("--resume needs the --out folder of the run to continue")
+    stored = args.out / "experiment.json" if args.resume else None
+    if stored is not None and not stored.is_file():
+        raise ValueError(f"--resume: {args.out} holds no experiment to continue (no {stored.name}); "
+                         "run without --resume to start one")
+    if args.experiment is None and stored is not None:
         try:
-            experiment = Experiment(**json.loads(stored.read_text()))
+            settings = json.loads(stored.read_text())
         except (OSError, json.JSONDecodeError) as error:
             raise ConfigError(f"cannot read the stored settings {stored}: {error}") from error
+        experiment = Experiment.from_dict(settings, source=str(stored))
     else:
         experiment = resolve(args.experiment or "default")
     if args.seeds is not None and args.seeds < 1:
@@ -122,8 +131,6 @@ def configure(args: argparse.Namespace) -> Experiment:
         raise ValueError(f"--jacobian-reg LAMBDA must be > 0, got {args.jacobian_reg}")
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
-    if args.resume and args.out is None:
-        raise ValueError("--resume needs the --out folder of the run to continue")
     seeds = tuple(range(args.seeds)) if args.seeds is not None else args.seed_list
     given = dict(variants=args.variants, continuous=args.continuous, dataset=args.dataset, data_dir=args.data_dir,
                  download=args.download, epochs=args.epochs, steps=args.steps, batch_size=args.batch_size,
@@ -135,7 +142,7 @@ def configure(args: argparse.Namespace) -> Experiment:
         changes["steps"] = None
     if args.steps is not None and args.epochs is None:
         changes["epochs"] = None
-    return dataclasses.replace(experiment, **changes)
+    return experiment.replace(**changes)
 
 
 def _usage_error(parser: argparse.ArgumentParser, message: str) -> int:
@@ -167,7 +174,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, experiment: 
     import torch
 
     threads = args.threads
-    if threads is None and experiment.model == "mnist-dense" and experiment.device == "cpu":
+    if threads is None and experiment.model == "mnist-dense" and experiment.train.device == "cpu":
         # The dense model's (32 x 128) products gain nothing from more threads, and with the
         # cores shared OpenMP's spinning made a 2-thread run 8-20x slower than 1 thread.
         threads = 1

@@ -1,7 +1,8 @@
 """The results of an experiment: the paper-layout table, results.json / results.csv, PNG plots.
 
-Every file is written atomically (temporary file in the same folder, then rename), so an
-interrupted run never leaves half a results file. Per-run metrics come from the last
+Every file, plots included, is written atomically
+(:func:`pycdeq.training.atomic_write_bytes`), so an interrupted run never leaves half a
+results file. Per-run metrics come from the last
 completed epoch (the trained model): test accuracy, test nfe (mean over evaluation batches
 of the solver's function evaluations), predict s/batch, non-converged fraction; train time
 is the total of the training steps, backward s/batch the mean over the run's batches.
@@ -14,14 +15,14 @@ import csv
 import io
 import json
 import math
-import os
-import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from ..training.checkpoint import atomic_write_bytes
+from ..training import atomic_write_bytes, atomic_write_text
 from .experiments import VARIANT_NAMES, Experiment
+
+STATUSES = ("complete", "interrupted", "failed")
 
 
 @dataclass
@@ -49,7 +50,22 @@ class RunRecord:
 
     @classmethod
     def from_dict(cls, data: dict) -> "RunRecord":
-        return cls(**data)
+        """The record :meth:`to_dict` wrote; ``TypeError`` / ``ValueError`` naming what is wrong."""
+        if not isinstance(data, dict):
+            raise TypeError(f"a run record is a JSON object, got {type(data).__name__}")
+        names = {f.name for f in fields(cls)}
+        if set(data) != names:
+            missing, unknown = sorted(names - set(data)), sorted(set(data) - names)
+            raise ValueError(f"run record keys: missing {missing}, unknown {unknown}")
+        record = cls(**data)
+        if not (isinstance(record.variant, str) and isinstance(record.backend, str)
+                and isinstance(record.seed, int) and isinstance(record.parameters, int)):
+            raise TypeError("run record: variant and backend must be strings, seed and parameters ints")
+        if record.status not in STATUSES:
+            raise ValueError(f"run record: status must be one of {STATUSES}, got {record.status!r}")
+        if not isinstance(record.history, list) or not all(isinstance(h, dict) for h in record.history):
+            raise TypeError("run record: history must be a list of per-epoch objects")
+        return record
 
     def metrics(self) -> Dict[str, float]:
         """The paper's per-run numbers (see the module docstring)."""
@@ -90,7 +106,7 @@ def summarize(experiment: Experiment, records: Sequence[RunRecord]) -> List[dict
             label = VARIANT_NAMES[variant] + ("" if backend == "pytorch" else f" ({backend})")
             row = {"model": label, "variant": variant, "backend": backend,
                    "continuous": experiment.continuous or variant == "node",
-                   "jacobian_reg": experiment.lambda_jac > 0 and variant != "node",
+                   "jacobian_reg": experiment.train.lambda_jac > 0 and variant != "node",
                    "parameters": done[0].parameters, "seeds": len(done)}
             per_run = [r.metrics() for r in done]
             for metric in METRICS:
@@ -132,10 +148,6 @@ def format_table(rows: Sequence[dict], title: str = "") -> str:
 
 
 # --- files ---------------------------------------------------------------------------------------
-def _write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
 def _csv_text(rows: Sequence[dict]) -> str:
     buffer = io.StringIO()
     if rows:
@@ -153,26 +165,36 @@ def write_results(out: Path, experiment: Experiment, records: Sequence[RunRecord
     payload = {"experiment": experiment.to_dict(), "interrupted": interrupted, "error": error,
                "complete": not interrupted and error is None and all(r.status == "complete" for r in records),
                "summary": rows, "runs": [r.to_dict() for r in records]}
-    _write_text(out / "results.json", json.dumps(payload, indent=2) + "\n")
-    _write_text(out / "results.csv", _csv_text(rows))
+    atomic_write_text(out / "results.json", json.dumps(payload, indent=2) + "\n")
+    atomic_write_text(out / "results.csv", _csv_text(rows))
     history = [{"backend": r.backend, "variant": r.variant, "seed": r.seed, **h} for r in records for h in r.history]
-    _write_text(out / "history.csv", _csv_text(history))
-    _write_text(out / "table.txt", format_table(rows) + "\n")
+    atomic_write_text(out / "history.csv", _csv_text(history))
+    atomic_write_text(out / "table.txt", format_table(rows) + "\n")
     return rows
+
+
+def read_results(path: Path) -> Optional[dict]:
+    """A results.json's content; None when it is missing or unreadable (nothing to protect)."""
+    try:
+        content = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return content if isinstance(content, dict) else None
+
+
+def completed_runs(results: dict) -> int:
+    """How many complete runs a results.json's content holds."""
+    runs = results.get("runs")
+    return sum(isinstance(r, dict) and r.get("status") == "complete" for r in runs) if isinstance(runs, list) else 0
 
 
 def _save_figure(figure, path: Path) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     FigureCanvasAgg(figure)  # the Agg canvas: no display, no global pyplot state
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        figure.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    png = io.BytesIO()
+    figure.savefig(png, format="png", dpi=110, bbox_inches="tight")
+    atomic_write_bytes(path, png.getvalue())
 
 
 def _curves(records: Sequence[RunRecord], key: str, scale: float, ylabel: str, path: Path) -> None:

@@ -2,6 +2,7 @@
 
 Output folder layout::
 
+    .pycdeq.lock                  held (flock) by the run writing here; a second run is refused
     experiment.json               the settings (checked against on --resume)
     checkpoints/<variant>-seed<k>.pt   the trainer's atomic per-epoch checkpoint
     runs/<variant>-seed<k>.json   a finished run's record (a resumed experiment loads it)
@@ -10,6 +11,12 @@ Output folder layout::
 Each run seeds torch with its seed before the model is built and the trainer re-seeds at
 the start of ``fit`` (or restores every RNG from the checkpoint), so a resumed run repeats
 the uninterrupted one batch for batch; the data split is drawn with seed 0 for every run.
+
+Every request is checked before anything is written (device, settings against the folder,
+data, model options); on ``--resume`` the folder's run records and checkpoints are checked
+too (readable, and of this experiment's variant, seed and settings) before training starts.
+A failed or interrupted attempt never replaces a ``results.json`` that holds more finished
+runs than it does.
 """
 
 from __future__ import annotations
@@ -19,17 +26,17 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional, TextIO
+from typing import Dict, List, Optional, TextIO, Tuple
 
 import torch
 from tqdm.auto import tqdm
 
 from ..data import DatasetFormatError, load_dataset
 from ..models import build_model, make_config
-from ..training import Trainer
-from ..training.checkpoint import atomic_write_bytes
-from .experiments import VARIANT_NAMES, Experiment
-from .report import RunRecord, format_table, write_plots, write_results
+from ..training import FolderLock, FolderLockedError, Trainer, atomic_write_text, check_device, load_checkpoint
+from ..training.checkpoint import check_identity, run_identity
+from .experiments import VARIANT_NAMES, ConfigError, Experiment
+from .report import RunRecord, completed_runs, format_table, read_results, write_plots, write_results
 
 #: Settings that may differ between a run and its --resume (they do not change the numbers).
 _RESUME_IGNORED = ("name", "description", "device")
@@ -43,6 +50,10 @@ class ExperimentInterrupted(Exception):
     """Ctrl-C: partial results were written; the process should exit with code 130."""
 
 
+class OutputFolderError(RuntimeError):
+    """A file in the output folder is damaged or belongs to another run (found on --resume)."""
+
+
 class ExperimentRunner:
     def __init__(self, experiment: Experiment, out: Path, *, resume: bool = False, progress: bool = True,
                  julia: bool = False, stream: Optional[TextIO] = None):
@@ -53,17 +64,33 @@ class ExperimentRunner:
         self.julia = julia
         self.stream = stream
         self.records: List[RunRecord] = []
+        self._finished: Dict[Tuple[str, int], RunRecord] = {}
 
     # --- setup ---------------------------------------------------------------------------
+    def check_device(self) -> None:
+        """The device must exist on this machine (exit 2), before anything is written."""
+        try:
+            check_device(self.experiment.train.device)
+        except ValueError as error:
+            raise UsageError(str(error)) from error
+
     def check_output(self) -> None:
         """The output folder must be new, or hold the same experiment when resuming (exit 2)."""
         settings = self.out / "experiment.json"
         if not settings.exists():
+            if self.resume:
+                raise UsageError(f"--resume: {self.out} holds no experiment to continue (no {settings.name}); "
+                                 "run without --resume to start one")
             return
         if not self.resume:
             raise UsageError(f"output folder {self.out} already holds an experiment; pass --resume to "
                              "continue it or choose another --out")
-        stored = json.loads(settings.read_text())
+        try:
+            stored = Experiment.from_dict(json.loads(settings.read_text()), source=str(settings)).to_dict()
+        except (OSError, json.JSONDecodeError) as error:
+            raise UsageError(f"cannot read the stored settings {settings}: {error}") from error
+        except ConfigError as error:
+            raise UsageError(str(error)) from error
         current = self.experiment.to_dict()
         differing = sorted(k for k in set(stored) | set(current)
                            if k not in _RESUME_IGNORED and stored.get(k) != current.get(k))
@@ -85,7 +112,7 @@ class ExperimentRunner:
     def _model_kwargs(self, variant: str, data) -> dict:
         e = self.experiment
         options = dict(e.model_options)
-        if e.lambda_jac > 0 and variant != "node":
+        if e.train.lambda_jac > 0 and variant != "node":
             from ..layers.regularizers import JacobianRegularization
 
             options.setdefault("jacobian_reg", JacobianRegularization())
@@ -100,9 +127,37 @@ class ExperimentRunner:
             except (TypeError, ValueError) as error:
                 raise UsageError(f"model {self.experiment.model!r}, variant {variant!r}: {error}") from error
 
+    def check_resumable(self, data, epochs: int) -> None:
+        """On --resume: every run record must be readable and of its run, every checkpoint of
+        an unfinished run readable and of this experiment (errors name the file; exit 1)."""
+        if not self.resume:
+            return
+        for variant in self.experiment.variants:
+            for seed in self.experiment.seeds:
+                record_path = self.out / "runs" / f"{variant}-seed{seed}.json"
+                if record_path.exists():
+                    record = _read_record(record_path, variant, seed)
+                    if record.status == "complete":
+                        self._finished[variant, seed] = record
+                        continue
+                checkpoint = self._checkpoint_path(variant, seed)
+                if checkpoint.exists():
+                    config = make_config(self.experiment.model, **self._model_kwargs(variant, data))
+                    expected = run_identity(config, self.experiment.train_config(seed=seed, epochs=epochs))
+                    check_identity(checkpoint, load_checkpoint(checkpoint).get("identity"), expected)
+
+    def _checkpoint_path(self, variant: str, seed: int) -> Path:
+        return self.out / "checkpoints" / f"{variant}-seed{seed}.pt"
+
+    def _epochs(self, data) -> int:
+        t = self.experiment.train
+        batches = math.ceil(len(data.train) / t.batch_size)
+        return t.epochs if t.steps is None else min(t.epochs or math.inf, math.ceil(t.steps / batches))
+
     # --- running -------------------------------------------------------------------------
     def run(self) -> List[dict]:
         # Everything that can reject the request runs before anything is written.
+        self.check_device()
         self.check_output()
         data = self.load_data()
         self.check_models(data)
@@ -110,12 +165,22 @@ class ExperimentRunner:
             from .julia_rows import check_available
 
             check_available()
-        self.out.mkdir(parents=True, exist_ok=True)
-        settings = json.dumps(self.experiment.to_dict(), indent=2) + "\n"
-        atomic_write_bytes(self.out / "experiment.json", settings.encode())
+        lock = FolderLock(self.out)
+        try:
+            lock.acquire()
+        except FolderLockedError as error:
+            raise UsageError(str(error)) from None
+        try:
+            self.check_output()  # again, now that no other run can change the folder
+            return self._run_locked(data)
+        finally:
+            lock.release()
+
+    def _run_locked(self, data) -> List[dict]:
         e = self.experiment
-        batches = math.ceil(len(data.train) / e.batch_size)
-        epochs = e.epochs if e.steps is None else min(e.epochs or math.inf, math.ceil(e.steps / batches))
+        epochs = self._epochs(data)
+        self.check_resumable(data, epochs)
+        atomic_write_text(self.out / "experiment.json", json.dumps(e.to_dict(), indent=2) + "\n")
         self._say(f"{e.name}: {e.model} on {data.name} ({len(data.train)} train / {len(data.test)} test), "
                   f"variants {', '.join(e.variants)}, seeds {', '.join(map(str, e.seeds))}, "
                   f"{epochs} epoch(s), {'continuous' if e.continuous else 'discrete'}; output in {self.out}")
@@ -128,12 +193,12 @@ class ExperimentRunner:
 
                 self.records.extend(julia_records(e, data, epochs, self._model_kwargs, self._say))
         except KeyboardInterrupt:
-            write_results(self.out, e, self.records, interrupted=True)
+            self._write_partial(interrupted=True)
             self._say(f"interrupted: partial results in {self.out / 'results.json'}; "
                       f"continue with: pycdeq run --out {self.out} --resume")
             raise ExperimentInterrupted() from None
         except Exception as error:
-            write_results(self.out, e, self.records, error=f"{type(error).__name__}: {error}")
+            self._write_partial(error=f"{type(error).__name__}: {error}")
             raise
         rows = write_results(self.out, e, self.records)
         write_plots(self.out, self.records, rows)
@@ -144,13 +209,20 @@ class ExperimentRunner:
                   f"plots: accuracy.png, nfe.png, train_time.png")
         return rows
 
+    def _write_partial(self, **outcome) -> None:
+        """results.json for a failed or interrupted attempt, unless the one there is better."""
+        previous = read_results(self.out / "results.json")
+        done = sum(r.status == "complete" for r in self.records)
+        if previous is not None and (previous.get("complete") is True or completed_runs(previous) > done):
+            self._say(f"kept {self.out / 'results.json'}: it holds more finished runs than this attempt")
+            return
+        write_results(self.out, self.experiment, self.records, **outcome)
+
     def _run_one(self, variant: str, seed: int, data, epochs: int) -> RunRecord:
         record_path = self.out / "runs" / f"{variant}-seed{seed}.json"
-        if self.resume and record_path.exists():
-            record = RunRecord.from_dict(json.loads(record_path.read_text()))
-            if record.status == "complete":
-                self._say(f"{VARIANT_NAMES[variant]} seed {seed}: finished earlier, loaded from {record_path}")
-                return record
+        if (variant, seed) in self._finished:
+            self._say(f"{VARIANT_NAMES[variant]} seed {seed}: finished earlier, loaded from {record_path}")
+            return self._finished[variant, seed]
         e = self.experiment
         torch.manual_seed(seed)
         model = build_model(e.model, **self._model_kwargs(variant, data))
@@ -163,7 +235,7 @@ class ExperimentRunner:
                             nfe=f"{metrics.test.nfe:.1f}")
 
         trainer = Trainer(model, e.train_config(seed=seed, epochs=epochs, progress=self.progress),
-                          checkpoint_path=self.out / "checkpoints" / f"{variant}-seed{seed}.pt", on_epoch=on_epoch)
+                          checkpoint_path=self._checkpoint_path(variant, seed), on_epoch=on_epoch)
         began = time.perf_counter()
         try:
             result = trainer.fit(data.train, data.test, resume=self.resume)
@@ -175,7 +247,7 @@ class ExperimentRunner:
         finally:
             bar.close()
         record = RunRecord(variant, seed, result.parameters, [h.flat() for h in result.history])
-        atomic_write_bytes(record_path, (json.dumps(record.to_dict(), indent=2) + "\n").encode())
+        atomic_write_text(record_path, json.dumps(record.to_dict(), indent=2) + "\n")
         if not self.progress:  # the bar said it otherwise
             m = record.metrics()
             self._say(f"{VARIANT_NAMES[variant]} seed {seed}: acc {m['accuracy']:.2f}%, nfe {m['nfe']:.1f}, "
@@ -184,3 +256,16 @@ class ExperimentRunner:
 
     def _say(self, text: str) -> None:
         print(text, file=self.stream or sys.stdout, flush=True)  # sys.stdout as it is now
+
+
+def _read_record(path: Path, variant: str, seed: int) -> RunRecord:
+    """A finished run's record; :class:`OutputFolderError` naming ``path`` if damaged or foreign."""
+    advice = "delete it to train that run again (from its checkpoint, if any), or choose another --out"
+    try:
+        record = RunRecord.from_dict(json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError) as error:  # JSONDecodeError is a ValueError
+        raise OutputFolderError(f"run record {path} is damaged ({type(error).__name__}: {error}); {advice}") from None
+    if (record.variant, record.seed, record.backend) != (variant, seed, "pytorch"):
+        raise OutputFolderError(f"run record {path} belongs to another run ({record.backend} {record.variant} "
+                                f"seed {record.seed}); {advice}")
+    return record

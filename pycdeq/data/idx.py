@@ -10,6 +10,7 @@ the file, never a silently shorter data set.
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import zlib
 from pathlib import Path
@@ -90,7 +91,9 @@ def read_idx(path: str | os.PathLike, *, expected_magic: int | None = None) -> n
     magic = int.from_bytes(data[:4], "big")
     if expected_magic is not None and magic != expected_magic:
         raise DatasetFormatError(path, f"bad magic number {magic} (expected {expected_magic})")
-    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    # Python integers: numpy's int64 product of hostile dims can wrap around, even onto the
+    # true payload length, and the reshape below would then fail naming no file.
+    expected = math.prod(dims) * dtype.itemsize
     actual = len(data) - header_len
     if actual != expected:
         kind = "truncated" if actual < expected else "trailing bytes"

@@ -15,6 +15,8 @@ Glorot-uniform weights and zero biases (Flux's defaults, which the reference ran
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import nn
 
@@ -48,15 +50,23 @@ class MNISTDense(nn.Module):
     ``forward(images) -> (logits, solution)``: images ``(N, C, H, W)`` or ``(N, features)``
     are flattened and must have ``in_features`` values per sample. ``solution`` is the
     layer's record (``.skip_loss``, ``.jacobian_loss``, ``.nfe``, per-sample ``.status``).
-    Extra keyword ``options`` are the layer options of :class:`ModelConfig` (``output``,
-    ``input_gradient``, ``on_nonconvergence``, ``jacobian_reg``, ``t1``, ``rhs``).
+    The input is given as ``input_shape`` (per sample, as for every model and
+    :func:`~pycdeq.models.build_model`: ``(64,)``, ``(1, 28, 28)``) or ``in_features``;
+    default 784. Extra keyword ``options`` are the layer options of :class:`ModelConfig`
+    (``output``, ``input_gradient``, ``on_nonconvergence``, ``jacobian_reg``, ``t1``, ``rhs``).
     """
 
-    def __init__(self, in_features: int = 784, width: int = 128, num_classes: int = 10,
-                 variant: str = "vanilla", continuous: bool = True, solver=None, adjoint=None, **options):
+    def __init__(self, in_features: Optional[int] = None, width: int = 128, num_classes: int = 10,
+                 variant: str = "vanilla", continuous: bool = True, solver=None, adjoint=None, *,
+                 input_shape=None, **options):
         super().__init__()
+        if input_shape is None and in_features is not None:
+            input_shape = (in_features,)
         config = make_config("mnist-dense", variant=variant, continuous=continuous, num_classes=num_classes,
-                             input_shape=(in_features,), solver=solver, adjoint=adjoint, width=width, **options)
+                             input_shape=input_shape, solver=solver, adjoint=adjoint, width=width, **options)
+        if in_features is not None and config.in_features != in_features:
+            raise ValueError(f"in_features={in_features} contradicts input_shape={config.input_shape} "
+                             f"({config.in_features} features); give one of them")
         self._assemble(config)
 
     @classmethod
@@ -76,8 +86,8 @@ class MNISTDense(nn.Module):
 
     def forward(self, images: torch.Tensor):
         if not isinstance(images, torch.Tensor) or images.dim() < 2:
-            raise ValueError("images must be a batched tensor (N, features) or (N, C, H, W), got "
-                             f"{type(images).__name__ if not isinstance(images, torch.Tensor) else tuple(images.shape)}")
+            got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+            raise ValueError(f"images must be a batched tensor (N, features) or (N, C, H, W), got {got}")
         flat = images.reshape(images.shape[0], -1)
         if flat.shape[1] != self.config.in_features:
             raise ValueError(f"images of shape {tuple(images.shape)} have {flat.shape[1]} features per "

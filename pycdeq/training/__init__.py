@@ -1,12 +1,14 @@
 """Training, evaluation, checkpoints, and the scikit-learn estimator."""
 
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .config import TrainConfig
+from .checkpoint import RESUMABLE_CHANGES, CheckpointError, load_checkpoint, save_checkpoint
+from .config import TrainConfig, check_device
+from .files import FolderLock, FolderLockedError, atomic_write_bytes, atomic_write_text
 from .metrics import EpochMetrics, EvalMetrics, RunResult
 from .trainer import Trainer
 
-__all__ = ["Trainer", "TrainConfig", "EpochMetrics", "EvalMetrics", "RunResult", "save_checkpoint",
-           "load_checkpoint", "CheckpointError", "DEQClassifier"]
+__all__ = ["Trainer", "TrainConfig", "check_device", "EpochMetrics", "EvalMetrics", "RunResult",
+           "save_checkpoint", "load_checkpoint", "CheckpointError", "RESUMABLE_CHANGES", "atomic_write_bytes",
+           "atomic_write_text", "FolderLock", "FolderLockedError", "DEQClassifier"]
 
 
 def __getattr__(name):

@@ -44,6 +44,15 @@ class EpochMetrics:
     backward_time: float  #: mean seconds of backward per batch in this epoch
     test: Optional[EvalMetrics] = None
 
+    def to_dict(self) -> dict:
+        """Plain nested dict (``test`` a dict or None); :meth:`from_dict` rebuilds the metrics."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "EpochMetrics":
+        test = data.get("test")
+        return cls(**{**data, "test": None if test is None else EvalMetrics(**test)})
+
     def flat(self) -> dict:
         row = {k: v for k, v in asdict(self).items() if k != "test"}
         if self.test is not None:

@@ -22,8 +22,8 @@ from tqdm.auto import tqdm
 
 from ..layers.deq import DEQ, NonConvergenceWarning
 from ..solvers.solution import Status
-from .checkpoint import load_checkpoint, save_checkpoint
-from .config import TrainConfig
+from .checkpoint import check_identity, load_checkpoint, run_identity, save_checkpoint
+from .config import TrainConfig, check_device
 from .metrics import EpochMetrics, EvalMetrics, RunResult, synchronized_clock
 
 Data = Union[Tuple[torch.Tensor, torch.Tensor], object]
@@ -57,9 +57,7 @@ class Trainer:
         if not isinstance(config, TrainConfig):
             raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
         self.config = config
-        self.device = torch.device(config.device)
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError("device='cuda' was requested but CUDA is not available")
+        self.device = check_device(config.device)
         self.model = model.to(self.device)
         self.rank = rank
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
@@ -95,7 +93,9 @@ class Trainer:
         """Train for ``epochs`` (or ``steps``); evaluate on ``test`` after each epoch.
 
         With ``resume=True`` and an existing checkpoint, continue from it: the result equals
-        an uninterrupted run's (same batches, same random numbers). Ctrl-C stops after
+        an uninterrupted run's (same batches, same random numbers). A checkpoint of another
+        run (other model or training options, apart from ``RESUMABLE_CHANGES``) raises
+        ``CheckpointError`` naming the differing fields. Ctrl-C stops after
         marking the result interrupted; the last complete epoch's checkpoint stays on disk.
         """
         c = self.config
@@ -114,7 +114,7 @@ class Trainer:
             with warnings.catch_warnings():
                 # Non-convergence is measured and reported per epoch instead.
                 warnings.simplefilter("ignore", NonConvergenceWarning)
-                while self.epoch < c.epochs and self.step < total_steps:
+                while (c.epochs is None or self.epoch < c.epochs) and self.step < total_steps:
                     metrics = self._train_epoch(x, y, total_steps, bar)
                     if test is not None:
                         metrics.test = self.evaluate(test)
@@ -198,9 +198,9 @@ class Trainer:
         predict_time = 0.0
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NonConvergenceWarning)
-            for start in range(0, x.shape[0], self.config.eval_batch_size):
-                xb = x[start:start + self.config.eval_batch_size].to(self.device)
-                yb = y[start:start + self.config.eval_batch_size].to(self.device)
+            size = self.config.evaluation_batch_size
+            for start in range(0, x.shape[0], size):
+                xb, yb = x[start:start + size].to(self.device), y[start:start + size].to(self.device)
                 began = synchronized_clock(self.device)
                 with torch.autocast(self.device.type, enabled=self.config.amp):
                     logits, solution = self.model(xb)
@@ -224,44 +224,65 @@ class Trainer:
         outputs = []
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NonConvergenceWarning)
-            for start in range(0, x.shape[0], self.config.eval_batch_size):
-                logits, _ = self.model(x[start:start + self.config.eval_batch_size].to(self.device))
+            size = self.config.evaluation_batch_size
+            for start in range(0, x.shape[0], size):
+                logits, _ = self.model(x[start:start + size].to(self.device))
                 outputs.append(logits.float())
         self.model.train(was_training)
         return torch.cat(outputs)
 
     # --- checkpoints -------------------------------------------------------------------
+    def identity(self) -> dict:
+        """What this run's checkpoints belong to (model configuration, training options)."""
+        return run_identity(self.model, self.config)
+
     def state_dict(self) -> dict:
+        """Tensors and plain containers only (checkpoints load with ``weights_only=True``)."""
         return {
+            "identity": self.identity(),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "schedule": {"step": self.step, "epoch": self.epoch},
             "train_time": self.train_time,
-            "history": self.result.history,
+            "history": [epoch.to_dict() for epoch in self.result.history],
             "rng": {"torch": torch.get_rng_state(), "generator": self.generator.get_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                    "numpy": np.random.get_state(), "python": random.getstate()},
-            "config": self.config,
+                    "numpy": _numpy_rng_state(), "python": random.getstate()},
         }
 
     def save(self, path) -> None:
         save_checkpoint(path, self.state_dict())
 
     def load(self, path) -> None:
+        """Restore a checkpoint of this run (``CheckpointError`` if it belongs to another one)."""
         state = load_checkpoint(path, map_location=self.device)
+        # Before any state is touched: another run's optimizer state may not even fit this one's.
+        check_identity(path, state.get("identity"), self.identity())
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scaler is not None and state["scaler"] is not None:
             self.scaler.load_state_dict(state["scaler"])
         self.step, self.epoch = state["schedule"]["step"], state["schedule"]["epoch"]
         self.train_time = state["train_time"]
-        self.result.history = list(state["history"])
+        self.result.history = [EpochMetrics.from_dict(epoch) for epoch in state["history"]]
         rng = state["rng"]
         # RNG states must be CPU ByteTensors; map_location moved them to the model's device.
         torch.set_rng_state(rng["torch"].cpu())
         self.generator.set_state(rng["generator"].cpu())
         if rng["cuda"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
-        np.random.set_state(rng["numpy"])
+        _set_numpy_rng_state(rng["numpy"])
         random.setstate(rng["python"])
+
+
+def _numpy_rng_state() -> dict:
+    # NumPy's legacy state is a tuple holding an ndarray, which weights_only loading refuses.
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    return {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
+            "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+
+
+def _set_numpy_rng_state(state: dict) -> None:
+    keys = state["keys"].cpu().numpy().astype(np.uint32)
+    np.random.set_state((state["kind"], keys, state["position"], state["has_gauss"], state["cached_gaussian"]))

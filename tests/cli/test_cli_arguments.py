@@ -1,11 +1,15 @@
 """Argument handling of ``pycdeq`` in-process: every bad request exits 2 naming the problem."""
 
+import dataclasses
 import json
+import tomllib
+from pathlib import Path
 
 import pytest
 
-from pycdeq.cli import EXPERIMENTS, main
+from pycdeq.cli import EXPERIMENTS, ConfigError, Experiment, main
 from pycdeq.cli.main import build_parser, configure
+from pycdeq.training import TrainConfig
 
 
 def _exit_code_and_stderr(capsys, *argv):
@@ -128,3 +132,55 @@ def test_list_names_every_setup(capsys):
     printed = capsys.readouterr().out
     for name in EXPERIMENTS:
         assert name in printed
+
+
+# --- the settings: a TrainConfig nested in the Experiment, flat in files -----------------------
+def test_experiment_nests_the_training_options_and_reads_them_through():
+    dense = EXPERIMENTS["mnist-dense"]
+    assert isinstance(dense.train, TrainConfig)
+    assert (dense.train.lr, dense.train.lambda_skip, dense.train.eval_batch_size) == (1e-3, 5.0, None)
+    assert dense.lr is dense.train.lr and dense.steps is None
+    changed = dense.replace(lr=0.1, momentum=0.5, seeds=2)
+    assert changed.train == dataclasses.replace(dense.train, lr=0.1, momentum=0.5) and changed.seeds == (0, 1)
+    assert changed.train_config(seed=1, epochs=3) == dataclasses.replace(changed.train, seed=1, epochs=3)
+    with pytest.raises(AttributeError, match="bogus"):
+        dense.bogus
+
+
+def test_flat_settings_round_trip_and_name_their_source():
+    for experiment in EXPERIMENTS.values():
+        assert Experiment.from_dict(json.loads(json.dumps(experiment.to_dict()))) == experiment
+    stored = EXPERIMENTS["default"].to_dict()
+    with pytest.raises(ConfigError, match=r"out/experiment.json: unknown key\(s\) 'learning_rate'"):
+        Experiment.from_dict({**stored, "learning_rate": 0.1}, source="out/experiment.json")
+    with pytest.raises(ConfigError, match="out/experiment.json: .*optimizer"):
+        Experiment.from_dict({**stored, "optimizer": "rmsprop"}, source="out/experiment.json")
+    with pytest.raises(TypeError, match="'learning_rate'"):
+        EXPERIMENTS["default"].replace(learning_rate=0.1)
+
+
+def test_the_seed_of_an_experiment_comes_from_seeds_only(tmp_path, capsys):
+    with pytest.raises(ValueError, match="seeds"):
+        Experiment(name="x", train=TrainConfig(seed=3))
+    config = tmp_path / "seeded.toml"
+    config.write_text("seed = 3\n")
+    code, err = _exit_code_and_stderr(capsys, "run", config)
+    assert code == 2 and str(config) in err and "'seed'" in err
+
+
+def test_toml_sets_any_training_option(tmp_path):
+    config = tmp_path / "sgd.toml"
+    config.write_text('optimizer = "sgd"\nmomentum = 0.5\nschedule = "step"\nstep_every = 2\nstep_gamma = 0.5\n')
+    experiment = configure(build_parser().parse_args(["run", str(config)]))
+    assert (experiment.train.optimizer, experiment.train.momentum, experiment.train.step_every) == ("sgd", 0.5, 2)
+
+
+def test_declared_python_versions_have_tomllib():
+    """The command line reads TOML with the standard library's tomllib (Python 3.11+), and the
+    project is tested on 3.11 only: the package must not claim 3.10."""
+    specifiers = pytest.importorskip("packaging.specifiers")
+    root = Path(__file__).parents[2]
+    with open(root / "pyproject.toml", "rb") as handle:
+        requires = tomllib.load(handle)["project"]["requires-python"]
+    allowed = specifiers.SpecifierSet(requires)
+    assert "3.10.12" not in allowed and "3.11.0" in allowed

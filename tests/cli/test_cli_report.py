@@ -92,7 +92,7 @@ def test_julia_rows_train_and_evaluate_through_the_bridge(tmp_path):
     from pycdeq.cli.runner import ExperimentRunner
     from pycdeq.data import load_dataset
 
-    experiment = EXPERIMENTS["default"].__class__(
+    experiment = EXPERIMENTS["default"].replace(
         name="j", dataset="synthetic", variants=("vanilla", "skip_reg"), epochs=1, seeds=(0,),
         dataset_options={"shape": (1, 4, 4), "n_train": 16, "n_test": 8}, model_options={"width": 8})
     data = load_dataset("synthetic", shape=(1, 4, 4), n_train=16, n_test=8)

@@ -201,3 +201,32 @@ def test_real_fashion_mnist_headers_labels_and_statistics():
         first = handle.read(16 + 784)[16:]
     np.testing.assert_array_equal(splits.train.x[0, 0].numpy() * 255.0,
                                   np.frombuffer(first, np.uint8).reshape(28, 28).astype(np.float32))
+
+
+def _raw_idx(dims, payload_length: int, type_code: int = 0x08) -> bytes:
+    header = bytes([0, 0, type_code, len(dims)]) + b"".join(d.to_bytes(4, "big") for d in dims)
+    return header + bytes(payload_length)
+
+
+@pytest.mark.parametrize("dims", [(0xFFFFFFFF, 2), (0xFFFFFFFF, 0xFFFFFFFF, 2)])
+def test_header_dims_larger_than_the_file_name_it_with_the_exact_size(tmp_path, dims):
+    path = write_file(tmp_path / "huge.idx", _raw_idx(dims, 16))
+    needed = 1
+    for d in dims:
+        needed *= d
+    with pytest.raises(DatasetFormatError, match=f"needs {needed} payload bytes, file has 16") as info:
+        read_idx(path)
+    assert info.value.path == str(path)
+
+
+def test_header_dims_whose_int64_product_wraps_onto_the_payload_length_are_refused(tmp_path):
+    """1497843863 x 343472 x 179280 = 5 * 2**64 + 7,840,000: modulo 2**64 exactly the length of
+    this payload, so a check in int64 arithmetic passes it and numpy's reshape fails."""
+    dims = (1497843863, 343472, 179280)
+    assert (dims[0] * dims[1] * dims[2]) % 2**64 == 7_840_000
+    arrays = tiny_mnist_arrays()
+    paths = write_idx_set(tmp_path, arrays)
+    paths["train_images"].write_bytes(_raw_idx(dims, 7_840_000, type_code=0x08))
+    with pytest.raises(DatasetFormatError, match="truncated") as info:
+        load_dataset("mnist", data_dir=tmp_path)
+    assert info.value.path == str(paths["train_images"]) and str(paths["train_images"]) in str(info.value)

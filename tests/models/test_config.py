@@ -146,3 +146,30 @@ def test_replace_keeps_the_solver_unless_asked():
         config.replace(continuous=False)
     assert config.replace(continuous=False, solver=None, adjoint=None).solver == \
         ModelConfig("mnist-dense", continuous=False).solver
+
+
+_SMALL_INPUTS = {"mnist-dense": (64,), "mnist-conv": (1, 8, 8), "cifar10-small": (3, 8, 8),
+                 "cifar10-large": (3, 16, 16)}
+
+
+@pytest.mark.parametrize("name", list(_SMALL_INPUTS))
+@pytest.mark.parametrize("variant", ["skip_reg", "node"])
+def test_every_model_class_takes_build_models_keywords(name, variant):
+    """``Class(**kw)`` builds what ``build_model(name, **kw)`` builds, for the keywords they share
+    (MNISTDense once passed input_shape to make_config twice)."""
+    from pycdeq.models.build import MODEL_CLASSES
+
+    keywords = dict(variant=variant, continuous=False, num_classes=7, input_shape=_SMALL_INPUTS[name],
+                    solver=None, adjoint=None)
+    model = MODEL_CLASSES[name](**keywords)
+    assert model.config == build_model(name, **keywords).config
+    assert model.config.input_shape == _SMALL_INPUTS[name] and model.config.num_classes == 7
+
+
+def test_mnist_dense_takes_input_shape_or_in_features_but_not_contradicting_ones():
+    assert MNISTDense(input_shape=(64,), variant="skip_reg", num_classes=10).config.in_features == 64
+    assert MNISTDense(in_features=64).config.input_shape == (64,)
+    assert MNISTDense(input_shape=(1, 8, 8), in_features=64).config.in_features == 64
+    assert MNISTDense().config.in_features == 784
+    with pytest.raises(ValueError, match="in_features=100 contradicts"):
+        MNISTDense(in_features=100, input_shape=(64,))

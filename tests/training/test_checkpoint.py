@@ -12,7 +12,7 @@ from pycdeq import Anderson, Termination
 from pycdeq.layers import SkipRegDEQ
 from pycdeq.models import DenseInjection
 from pycdeq.training import CheckpointError, Trainer, TrainConfig, load_checkpoint, save_checkpoint
-from pycdeq.training import checkpoint as checkpoint_module
+from pycdeq.training import files as files_module
 
 FEATURES, WIDTH, CLASSES = 12, 8, 3
 # Every field of an epoch's metrics except wall-clock times, which no two runs share.
@@ -113,7 +113,8 @@ def test_checkpoint_holds_optimizer_rng_and_schedule_state(tmp_path):
     assert state["schedule"] == {"step": 3, "epoch": 1}
     assert state["optimizer"]["state"], "Adam moments must be saved"
     assert set(state["rng"]) == {"torch", "generator", "cuda", "numpy", "python"}
-    assert state["config"] == trainer.config
+    assert state["identity"] == trainer.identity()
+    assert state["identity"]["train"]["lr"] == trainer.config.lr
     assert len(state["history"]) == 1
 
 
@@ -134,7 +135,7 @@ def test_crash_during_write_keeps_previous_checkpoint(tmp_path, monkeypatch, cra
     def crash(*args, **kwargs):
         raise OSError("simulated crash")
 
-    monkeypatch.setattr(checkpoint_module.os, crash_in, crash)
+    monkeypatch.setattr(files_module.os, crash_in, crash)
     with pytest.raises(OSError, match="simulated crash"):
         save_checkpoint(path, {"version": 2, "w": torch.zeros(5)})
     monkeypatch.undo()

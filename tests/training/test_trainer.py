@@ -12,7 +12,7 @@ from torch import nn
 from pycdeq import Anderson, Termination
 from pycdeq.layers import DEQ
 from pycdeq.models import build_model
-from pycdeq.training import EpochMetrics, EvalMetrics, Trainer, TrainConfig
+from pycdeq.training import EpochMetrics, EvalMetrics, Trainer, TrainConfig, check_device
 
 FEATURES, CLASSES = 10, 3
 
@@ -52,7 +52,7 @@ def test_config_unknown_field_is_type_error():
     ("lr", 0.0), ("lr", float("nan")), ("weight_decay", -1e-3), ("momentum", 1.0), ("schedule", "linear"),
     ("lr_min", -1.0), ("step_every", 0), ("step_gamma", 0.0), ("step_gamma", 1.5), ("lambda_skip", -0.1),
     ("lambda_jac", float("inf")), ("pretrain_steps", -1), ("pretrain_depth", 0), ("grad_clip", 0.0),
-    ("device", "tpu"),
+    ("device", "tpu"), ("device", "cuda:x"), ("device", "cuda:"), ("device", " cpu"), ("device", "cuda:-1"),
 ])
 def test_config_bad_value_is_value_error_naming_the_field(field, value):
     with pytest.raises(ValueError, match=field):
@@ -68,6 +68,29 @@ def test_config_wrong_type_is_type_error_naming_the_field(field, value):
 def test_config_mixed_precision_needs_cuda():
     with pytest.raises(ValueError, match="amp"):
         TrainConfig(amp=True, device="cpu")
+
+
+def test_config_needs_epochs_or_steps():
+    with pytest.raises(ValueError, match="epochs or steps"):
+        TrainConfig(epochs=None)
+
+
+@pytest.mark.parametrize("device", ["cuda:x", "gpu", "cuda:99"])
+def test_a_device_that_does_not_exist_here_is_refused_before_training(device):
+    with pytest.raises(ValueError, match=repr(device)):
+        check_device(device)
+    config = dataclasses.replace(_config(), device=device) if device == "cuda:99" else None
+    if config is not None:  # well-formed, so the config accepts it; the trainer checks the machine
+        with pytest.raises(ValueError, match="cuda:99"):
+            Trainer(_model(), config)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_cuda_is_a_value_error_naming_the_device():
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        check_device("cuda")
+    with pytest.raises(ValueError, match="'cuda'"):
+        Trainer(_model(), _config(device="cuda"))
 
 
 def test_config_is_frozen():
@@ -239,6 +262,21 @@ def test_evaluate_matches_predict_and_reports_nonconvergence():
     model.deq.solver = Anderson(max_iter=1, termination=Termination(mode="abs", abstol=1e-12))
     assert trainer.evaluate(TEST).nonconverged_fraction == 1.0
     assert model.training, "evaluate must restore the training mode"
+
+
+def test_steps_without_epochs_train_exactly_that_many_steps():
+    trainer = Trainer(_model(), _config(epochs=None, steps=7))  # 48 samples / 16 = 3 batches per epoch
+    result = trainer.fit(TRAIN)
+    assert trainer.step == 7 and [e.step for e in result.history] == [3, 6, 7]
+
+
+def test_evaluation_batches_follow_the_training_batch_size_when_not_set(monkeypatch):
+    trainer = Trainer(_model(), _config(batch_size=6, eval_batch_size=None))
+    sizes = []
+    forward = trainer.model.forward
+    monkeypatch.setattr(trainer.model, "forward", lambda x: sizes.append(x.shape[0]) or forward(x))
+    trainer.evaluate(TEST)
+    assert sizes == [6, 6, 6, 2]
 
 
 def test_same_seed_gives_bitwise_identical_runs_on_cpu():

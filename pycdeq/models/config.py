@@ -16,8 +16,6 @@ import math
 from dataclasses import dataclass
 from typing import Any, Optional, Tuple, Union
 
-from torch import nn
-
 from .. import _checks
 from ..layers.deq import OUTPUTS, check_layer_options
 from ..layers.neural_ode import check_node_options
@@ -285,10 +283,23 @@ def make_config(architecture: str, *, variant: str = "vanilla", continuous: bool
                        adjoint=adjoint, **layer_options)
 
 
-def assemble(cls, config: ModelConfig) -> nn.Module:
-    """An instance of the model class ``cls`` built from a validated ``config``: the common part
-    of the models' ``from_config`` (``__init__`` would build the config again from options)."""
-    model = cls.__new__(cls)
-    nn.Module.__init__(model)
-    model._assemble(config)
-    return model
+def model_config(architecture: Optional[str], config: Optional[ModelConfig], options: dict) -> ModelConfig:
+    """The config a model class is built from: ``config`` itself, or one made by
+    :func:`make_config` from keyword ``options`` (not both). ``architecture``: the one the
+    class builds (``None``: any multiscale one, named in ``options`` or ``config``)."""
+    if config is None:
+        options = dict(options)
+        name = options.pop("architecture", architecture)
+        if name is None:
+            raise TypeError("give the architecture (or a config) for a generic MDEQClassifier")
+        if architecture is not None and name != architecture:
+            raise ValueError(f"this model class builds {architecture!r}, not {name!r}")
+        return make_config(name, **options)
+    if options:
+        raise TypeError(f"pass either config or keyword options, not both; got config and "
+                        f"{', '.join(map(repr, sorted(options)))}")
+    if not isinstance(config, ModelConfig):
+        raise TypeError(f"config must be a ModelConfig, got {type(config).__name__}")
+    if architecture is not None and config.architecture != architecture:
+        raise ValueError(f"this model class builds {architecture!r}; the config has {config.architecture!r}")
+    return config

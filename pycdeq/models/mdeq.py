@@ -32,11 +32,13 @@ that call, so the solver sees one fixed map.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import nn
 
 from . import blocks
-from .config import ModelConfig, assemble, make_config
+from .config import ModelConfig, model_config
 from .variants import multiscale_layer
 
 
@@ -45,7 +47,10 @@ class MDEQClassifier(nn.Module):
 
     Submodules: ``stem``, ``deq`` (a ``MultiScale*`` layer whose ``.f`` is the
     ``MultiScaleFunction`` and, for ``skip``, ``.g`` the predictor), ``head``.
-    ``forward(images (N, C, H, W)) -> (logits, solution)``. BatchNorm inside ``f`` uses the
+    ``forward(images (N, C, H, W)) -> (logits, output)``. Built from a :class:`ModelConfig`
+    (``CIFAR10Small(config)``) or from the keyword options of
+    :func:`~pycdeq.models.config.make_config`, not both; the generic class takes
+    ``architecture=`` too. BatchNorm inside ``f`` uses the
     batch's statistics, so samples are coupled (module docstring): convergence is tracked
     per sample, but each result depends on the batch it was computed in.
     """
@@ -53,25 +58,11 @@ class MDEQClassifier(nn.Module):
     #: Set by the preset subclasses; ``None`` accepts any multiscale architecture.
     architecture = None
 
-    def __init__(self, architecture: str, *, variant: str = "vanilla", continuous: bool = True,
-                 num_classes: int = 10, input_shape=None, solver=None, adjoint=None, **options):
+    def __init__(self, config: Optional[ModelConfig] = None, **options):
         super().__init__()
-        config = make_config(architecture, variant=variant, continuous=continuous, num_classes=num_classes,
-                             input_shape=input_shape, solver=solver, adjoint=adjoint, **options)
+        config = model_config(self.architecture, config, options)
         if config.is_dense:
-            raise ValueError(f"{architecture!r} is not a multiscale architecture; use MNISTDense")
-        self._assemble(config)
-
-    @classmethod
-    def from_config(cls, config: ModelConfig) -> "MDEQClassifier":
-        if not isinstance(config, ModelConfig) or config.is_dense:
-            raise ValueError(f"{cls.__name__} needs a ModelConfig of a multiscale architecture, got {config!r}")
-        if cls.architecture is not None and config.architecture != cls.architecture:
-            raise ValueError(f"{cls.__name__} needs architecture {cls.architecture!r}, "
-                             f"the config has {config.architecture!r}")
-        return assemble(cls, config)
-
-    def _assemble(self, config: ModelConfig) -> None:
+            raise ValueError(f"{config.architecture!r} is not a multiscale architecture; use MNISTDense")
         self.config = config
         sizes = config.sizes
         channels = sizes.channels
@@ -89,6 +80,10 @@ class MDEQClassifier(nn.Module):
                                               config.num_classes)
         # Found once: the dropout layers whose masks are redrawn at every forward call.
         self._dropouts = [m for m in self.modules() if isinstance(m, blocks.VariationalDropout)]
+
+    @classmethod
+    def from_config(cls, config: ModelConfig) -> "MDEQClassifier":
+        return cls(config)
 
     def resample_dropout(self) -> None:
         """Draw new variational dropout masks at the next ``f`` evaluation."""
@@ -114,11 +109,6 @@ class MNISTConv(MDEQClassifier):
 
     architecture = "mnist-conv"
 
-    def __init__(self, *, variant: str = "vanilla", continuous: bool = True, num_classes: int = 10,
-                 input_shape=None, solver=None, adjoint=None, **options):
-        super().__init__(self.architecture, variant=variant, continuous=continuous, num_classes=num_classes,
-                         input_shape=input_shape, solver=solver, adjoint=adjoint, **options)
-
 
 class CIFAR10Small(MDEQClassifier):
     """The paper's "CIFAR-10 small" (``tiny.yml``): channels (24, 24), expansion 5, dropout 0.2.
@@ -128,11 +118,6 @@ class CIFAR10Small(MDEQClassifier):
 
     architecture = "cifar10-small"
 
-    def __init__(self, *, variant: str = "vanilla", continuous: bool = True, num_classes: int = 10,
-                 input_shape=None, solver=None, adjoint=None, **options):
-        super().__init__(self.architecture, variant=variant, continuous=continuous, num_classes=num_classes,
-                         input_shape=input_shape, solver=solver, adjoint=adjoint, **options)
-
 
 class CIFAR10Large(MDEQClassifier):
     """The paper's "CIFAR-10 large" (``large.yml``): 4 scales (32, 64, 128, 256 channels),
@@ -140,8 +125,3 @@ class CIFAR10Large(MDEQClassifier):
     """
 
     architecture = "cifar10-large"
-
-    def __init__(self, *, variant: str = "vanilla", continuous: bool = True, num_classes: int = 10,
-                 input_shape=None, solver=None, adjoint=None, **options):
-        super().__init__(self.architecture, variant=variant, continuous=continuous, num_classes=num_classes,
-                         input_shape=input_shape, solver=solver, adjoint=adjoint, **options)

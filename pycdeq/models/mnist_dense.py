@@ -20,7 +20,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .config import ModelConfig, assemble, make_config
+from .config import ModelConfig, model_config
 from .variants import equilibrium_layer
 
 
@@ -47,35 +47,28 @@ class DenseInjection(nn.Module):
 class MNISTDense(nn.Module):
     """Stem ``Linear + ReLU`` -> equilibrium layer on ``width`` features -> ``Linear`` classifier.
 
-    ``forward(images) -> (logits, solution)``: images ``(N, C, H, W)`` or ``(N, features)``
-    are flattened and must have ``in_features`` values per sample. ``solution`` is the
-    layer's record (``.skip_loss``, ``.jacobian_loss``, ``.nfe``, per-sample ``.status``).
-    The input is given as ``input_shape`` (per sample, as for every model and
-    :func:`~pycdeq.models.build_model`: ``(64,)``, ``(1, 28, 28)``) or ``in_features``;
-    default 784. Extra keyword ``options`` are the layer options of :class:`ModelConfig`
-    (``output``, ``input_gradient``, ``on_nonconvergence``, ``jacobian_reg``, ``t1``, ``rhs``).
+    ``forward(images) -> (logits, output)``: images ``(N, C, H, W)`` or ``(N, features)``
+    are flattened and must have ``in_features`` values per sample. ``output`` is the layer's
+    :class:`~pycdeq.layers.output.LayerOutput` (``.skip_loss``, ``.jacobian_loss``, ``.nfe``,
+    per-sample ``.status``).
+
+    Built from a :class:`ModelConfig` (``MNISTDense(config)``) or from the keyword options of
+    :func:`~pycdeq.models.config.make_config` (``variant``, ``continuous``, ``num_classes``,
+    ``input_shape``, ``solver``, ``adjoint``, ``width``, the layer options), not both. The
+    input is given as ``input_shape`` (per sample, as for every model: ``(64,)``,
+    ``(1, 28, 28)``) or ``in_features``; default 784.
     """
 
-    def __init__(self, in_features: Optional[int] = None, width: int = 128, num_classes: int = 10,
-                 variant: str = "vanilla", continuous: bool = True, solver=None, adjoint=None, *,
-                 input_shape=None, **options):
+    def __init__(self, config: Optional[ModelConfig] = None, *, in_features: Optional[int] = None, **options):
         super().__init__()
-        if input_shape is None and in_features is not None:
-            input_shape = (in_features,)
-        config = make_config("mnist-dense", variant=variant, continuous=continuous, num_classes=num_classes,
-                             input_shape=input_shape, solver=solver, adjoint=adjoint, width=width, **options)
+        if in_features is not None:
+            if config is not None:
+                raise TypeError("pass either config or keyword options, not both; got config and 'in_features'")
+            options.setdefault("input_shape", (in_features,))
+        config = model_config("mnist-dense", config, options)
         if in_features is not None and config.in_features != in_features:
             raise ValueError(f"in_features={in_features} contradicts input_shape={config.input_shape} "
                              f"({config.in_features} features); give one of them")
-        self._assemble(config)
-
-    @classmethod
-    def from_config(cls, config: ModelConfig) -> "MNISTDense":
-        if not isinstance(config, ModelConfig) or config.architecture != "mnist-dense":
-            raise ValueError(f"MNISTDense needs a ModelConfig of architecture 'mnist-dense', got {config!r}")
-        return assemble(cls, config)
-
-    def _assemble(self, config: ModelConfig) -> None:
         self.config = config
         width = config.sizes.width
         self.stem = nn.Sequential(_glorot_linear(config.in_features, width), nn.ReLU())
@@ -83,6 +76,10 @@ class MNISTDense(nn.Module):
         g = nn.Sequential(_glorot_linear(width, width), nn.ReLU()) if config.variant == "skip" else None
         self.deq = equilibrium_layer(config, f, g)
         self.head = _glorot_linear(width, config.num_classes)
+
+    @classmethod
+    def from_config(cls, config: ModelConfig) -> "MNISTDense":
+        return cls(config)
 
     def forward(self, images: torch.Tensor):
         if not isinstance(images, torch.Tensor) or images.dim() < 2:

@@ -9,7 +9,7 @@ import torch
 
 import pycdeq
 from pycdeq.models import (CIFAR10Large, CIFAR10Small, MDEQSizes, MNISTConv, MNISTDense, ModelConfig,
-                           build_model, model_from_config)
+                           build_model, make_config, model_from_config)
 from pycdeq.solvers.ode import VCAB3, Tsit5
 
 
@@ -173,3 +173,14 @@ def test_mnist_dense_takes_input_shape_or_in_features_but_not_contradicting_ones
     assert MNISTDense().config.in_features == 784
     with pytest.raises(ValueError, match="in_features=100 contradicts"):
         MNISTDense(in_features=100, input_shape=(64,))
+
+
+@pytest.mark.parametrize("cls, name", [(MNISTDense, "mnist-dense"), (MNISTConv, "mnist-conv")])
+def test_a_model_takes_its_config_in_init(cls, name):
+    config = make_config(name, variant="skip_reg", continuous=False, num_classes=3)
+    model = cls(config)
+    assert model.config is config and cls.from_config(config).config is config
+    with pytest.raises(TypeError, match="either config or keyword options"):
+        cls(config, variant="skip")
+    with pytest.raises(ValueError, match="this model class builds"):
+        cls(make_config("cifar10-small" if name == "mnist-conv" else "mnist-conv"))

@@ -2,11 +2,13 @@
 
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import TrainConfig
+from .distributed import DistributedContext, init_from_environment, make_sampler, shutdown, wrap_model
 from .metrics import EpochMetrics, EvalMetrics, RunResult
 from .trainer import Trainer
 
 __all__ = ["Trainer", "TrainConfig", "EpochMetrics", "EvalMetrics", "RunResult", "save_checkpoint",
-           "load_checkpoint", "CheckpointError", "DEQClassifier"]
+           "load_checkpoint", "CheckpointError", "DEQClassifier", "DistributedContext", "init_from_environment",
+           "wrap_model", "make_sampler", "shutdown"]
 
 
 def __getattr__(name):

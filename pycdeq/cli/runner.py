@@ -10,6 +10,9 @@ Output folder layout::
 Each run seeds torch with its seed before the model is built and the trainer re-seeds at
 the start of ``fit`` (or restores every RNG from the checkpoint), so a resumed run repeats
 the uninterrupted one batch for batch; the data split is drawn with seed 0 for every run.
+
+Under ``torchrun`` every rank runs the same experiment on its share of the batches; rank 0
+alone decides what the output folder holds, prints and writes (docs/distributed.md).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from ..data import DatasetFormatError, load_dataset
 from ..models import build_model, make_config
 from ..training import Trainer
 from ..training.checkpoint import atomic_write_bytes
+from ..training.distributed import DistributedContext, decided_by_main, main_process_first, shard_size
 from .experiments import VARIANT_NAMES, Experiment
 from .report import RunRecord, format_table, write_plots, write_results
 
@@ -45,11 +49,14 @@ class ExperimentInterrupted(Exception):
 
 class ExperimentRunner:
     def __init__(self, experiment: Experiment, out: Path, *, resume: bool = False, progress: bool = True,
-                 julia: bool = False, stream: Optional[TextIO] = None):
+                 julia: bool = False, stream: Optional[TextIO] = None,
+                 distributed: Optional[DistributedContext] = None):
         self.experiment = experiment
+        self.distributed = distributed or DistributedContext.single()
+        self.main = self.distributed.is_main
         self.out = Path(out)
         self.resume = resume
-        self.progress = progress
+        self.progress = progress and self.main
         self.julia = julia
         self.stream = stream
         self.records: List[RunRecord] = []
@@ -75,8 +82,9 @@ class ExperimentRunner:
         """The data set; a bad option or limit is a usage error, missing or corrupt files a failure."""
         e = self.experiment
         try:
-            return load_dataset(e.dataset, data_dir=e.data_dir, download=e.download, seed=0,
-                                limit_train=e.limit_train, limit_test=e.limit_test, **dict(e.dataset_options))
+            with main_process_first(self.distributed):  # one download per node
+                return load_dataset(e.dataset, data_dir=e.data_dir, download=e.download, seed=0,
+                                    limit_train=e.limit_train, limit_test=e.limit_test, **dict(e.dataset_options))
         except DatasetFormatError:
             raise
         except (TypeError, ValueError) as error:
@@ -103,22 +111,27 @@ class ExperimentRunner:
     # --- running -------------------------------------------------------------------------
     def run(self) -> List[dict]:
         # Everything that can reject the request runs before anything is written.
-        self.check_output()
+        decided_by_main(self.check_output, self.distributed)
         data = self.load_data()
         self.check_models(data)
+        if self.julia and self.distributed.is_distributed:
+            raise UsageError("--julia is not supported under torchrun; run the Julia rows in a single process")
         if self.julia:
             from .julia_rows import check_available
 
             check_available()
-        self.out.mkdir(parents=True, exist_ok=True)
-        settings = json.dumps(self.experiment.to_dict(), indent=2) + "\n"
-        atomic_write_bytes(self.out / "experiment.json", settings.encode())
+        if self.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            settings = json.dumps(self.experiment.to_dict(), indent=2) + "\n"
+            atomic_write_bytes(self.out / "experiment.json", settings.encode())
         e = self.experiment
-        batches = math.ceil(len(data.train) / e.batch_size)
+        batches = math.ceil(shard_size(len(data.train), self.distributed) / e.batch_size)  # per process
         epochs = e.epochs if e.steps is None else min(e.epochs or math.inf, math.ceil(e.steps / batches))
         self._say(f"{e.name}: {e.model} on {data.name} ({len(data.train)} train / {len(data.test)} test), "
                   f"variants {', '.join(e.variants)}, seeds {', '.join(map(str, e.seeds))}, "
-                  f"{epochs} epoch(s), {'continuous' if e.continuous else 'discrete'}; output in {self.out}")
+                  f"{epochs} epoch(s), {'continuous' if e.continuous else 'discrete'}; output in {self.out}"
+                  + (f"; {self.distributed.world_size} processes, batch {e.batch_size} each"
+                     if self.distributed.is_distributed else ""))
         try:
             for variant in e.variants:
                 for seed in e.seeds:
@@ -128,13 +141,17 @@ class ExperimentRunner:
 
                 self.records.extend(julia_records(e, data, epochs, self._model_kwargs, self._say))
         except KeyboardInterrupt:
-            write_results(self.out, e, self.records, interrupted=True)
+            if self.main:
+                write_results(self.out, e, self.records, interrupted=True)
             self._say(f"interrupted: partial results in {self.out / 'results.json'}; "
                       f"continue with: pycdeq run --out {self.out} --resume")
             raise ExperimentInterrupted() from None
         except Exception as error:
-            write_results(self.out, e, self.records, error=f"{type(error).__name__}: {error}")
+            if self.main:
+                write_results(self.out, e, self.records, error=f"{type(error).__name__}: {error}")
             raise
+        if not self.main:
+            return []
         rows = write_results(self.out, e, self.records)
         write_plots(self.out, self.records, rows)
         self._say("")
@@ -146,8 +163,8 @@ class ExperimentRunner:
 
     def _run_one(self, variant: str, seed: int, data, epochs: int) -> RunRecord:
         record_path = self.out / "runs" / f"{variant}-seed{seed}.json"
-        if self.resume and record_path.exists():
-            record = RunRecord.from_dict(json.loads(record_path.read_text()))
+        record = decided_by_main(lambda: self._finished_record(record_path), self.distributed)
+        if record is not None:
             if record.status == "complete":
                 self._say(f"{VARIANT_NAMES[variant]} seed {seed}: finished earlier, loaded from {record_path}")
                 return record
@@ -163,24 +180,34 @@ class ExperimentRunner:
                             nfe=f"{metrics.test.nfe:.1f}")
 
         trainer = Trainer(model, e.train_config(seed=seed, epochs=epochs, progress=self.progress),
-                          checkpoint_path=self.out / "checkpoints" / f"{variant}-seed{seed}.pt", on_epoch=on_epoch)
+                          checkpoint_path=self.out / "checkpoints" / f"{variant}-seed{seed}.pt", on_epoch=on_epoch,
+                          distributed=self.distributed)
         began = time.perf_counter()
         try:
             result = trainer.fit(data.train, data.test, resume=self.resume)
         except BaseException as stop:  # keep the completed epochs in the partial results
             status = "interrupted" if isinstance(stop, KeyboardInterrupt) else "failed"
             self.records.append(RunRecord(variant, seed, trainer.result.parameters,
-                                          [h.flat() for h in trainer.result.history], status=status))
+                                          [h.flat() for h in trainer.result.history], status=status,
+                                          world_size=self.distributed.world_size))
             raise
         finally:
             bar.close()
-        record = RunRecord(variant, seed, result.parameters, [h.flat() for h in result.history])
-        atomic_write_bytes(record_path, (json.dumps(record.to_dict(), indent=2) + "\n").encode())
+        record = RunRecord(variant, seed, result.parameters, [h.flat() for h in result.history],
+                           world_size=result.world_size)
+        if self.main:
+            atomic_write_bytes(record_path, (json.dumps(record.to_dict(), indent=2) + "\n").encode())
         if not self.progress:  # the bar said it otherwise
             m = record.metrics()
             self._say(f"{VARIANT_NAMES[variant]} seed {seed}: acc {m['accuracy']:.2f}%, nfe {m['nfe']:.1f}, "
                       f"train {m['train_time']:.1f}s ({time.perf_counter() - began:.1f}s wall)")
         return record
 
+    def _finished_record(self, path: Path) -> Optional[RunRecord]:
+        """The record of an earlier run of this experiment when resuming (``None``: none)."""
+        return RunRecord.from_dict(json.loads(path.read_text())) if self.resume and path.exists() else None
+
     def _say(self, text: str) -> None:
+        if not self.main:
+            return
         print(text, file=self.stream or sys.stdout, flush=True)  # sys.stdout as it is now

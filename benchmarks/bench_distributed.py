@@ -70,14 +70,14 @@ def _step_worker(device: str, batch: int, steps: int, warmup: int, x: torch.Tens
         step(xb, yb)
     barrier(ctx)
     _harness.synchronize(ctx.device)
-    began = time.perf_counter()
+    began, cpu_began = time.perf_counter(), time.process_time()
     for xb, yb in batches[warmup:]:
         step(xb, yb)
     _harness.synchronize(ctx.device)
-    elapsed = time.perf_counter() - began
+    elapsed, cpu = time.perf_counter() - began, time.process_time() - cpu_began
     barrier(ctx)
     shutdown()
-    return {"elapsed": elapsed, "samples": batch * steps, "nfe": statistics.fmean(nfe[warmup:])}
+    return {"elapsed": elapsed, "cpu": cpu, "samples": batch * steps, "nfe": statistics.fmean(nfe[warmup:])}
 
 
 def _launch(procs: int, device: str, batch: int, steps: int, warmup: int, x, y) -> dict:
@@ -90,6 +90,7 @@ def _launch(procs: int, device: str, batch: int, steps: int, warmup: int, x, y) 
     ranks = [per_rank[r] for r in sorted(per_rank)]
     wall = max(r["elapsed"] for r in ranks)
     return {"samples_per_s": sum(r["samples"] for r in ranks) / wall, "step_ms": 1e3 * wall / steps,
+            "cpu_ms": 1e3 * max(r["cpu"] for r in ranks) / steps,
             "nfe": statistics.fmean(r["nfe"] for r in ranks),
             "nfe_spread": max(r["nfe"] for r in ranks) - min(r["nfe"] for r in ranks)}
 
@@ -117,25 +118,30 @@ def run(quick: bool = False, device: str = "cpu", procs: Optional[List[int]] = N
                 measured.setdefault((scaling, n, batch), []).append(_launch(n, device, batch, steps, warmup, x, y))
     rows = []
     for (scaling, n, batch), runs in measured.items():
-        base = statistics.median(r["samples_per_s"] for r in measured[(scaling, 1, PER_PROCESS_BATCH if scaling == "weak"
-                                                                         else GLOBAL_BATCH)])
+        one = (scaling, 1, PER_PROCESS_BATCH if scaling == "weak" else GLOBAL_BATCH)
+        base = statistics.median(r["samples_per_s"] for r in measured[one])
         throughput = statistics.median(r["samples_per_s"] for r in runs)
         rows.append({"scaling": scaling, "processes": n, "batch_per_process": batch, "global_batch": batch * n,
                      "steps": steps, "samples_per_s": throughput, "speedup_vs_1": throughput / base,
                      "efficiency": throughput / base / n,
                      "step_ms": statistics.median(r["step_ms"] for r in runs),
+                     "cpu_ms": statistics.median(r["cpu_ms"] for r in runs),
                      "nfe": statistics.fmean(r["nfe"] for r in runs),
                      "nfe_spread": statistics.fmean(r["nfe_spread"] for r in runs)})
     backend = "nccl, one GPU per process" if device == "cuda" else "gloo, one thread per process"
     notes = (f"MNIST-dense continuous DEQ (paper settings: Tsit5 to steady state, GMRES adjoint), Adam, {source}; "
              f"DDP over {backend}; {steps} timed steps after {warmup} untimed, median of {repeats} alternated "
              "launches. speedup_vs_1 = throughput / the 1-process throughput of the same scaling; efficiency = "
-             "speedup / processes. nfe: mean forward f evaluations per process batch; nfe_spread: mean over the "
-             "launches of (largest - smallest) per-process mean nfe, the imbalance the all-reduce waits for.")
+             "speedup / processes. step_ms: wall time per step; cpu_ms: CPU time per step of the "
+             "busiest process (on CPU with one thread per process: the step's cost without the time spent waiting "
+             "for a core or for the other process; on an oversubscribed machine, see loadavg_1m, wall times "
+             "measure the load and cpu_ms the work). nfe: mean forward f evaluations per process batch; "
+             "nfe_spread: mean over the launches of (largest - smallest) per-process mean nfe, the imbalance the "
+             "all-reduce waits for.")
     return _harness.write_results(
         "distributed", rows,
         ["scaling", "processes", "batch_per_process", "global_batch", "steps", "samples_per_s", "speedup_vs_1",
-         "efficiency", "step_ms", "nfe", "nfe_spread"],
+         "efficiency", "step_ms", "cpu_ms", "nfe", "nfe_spread"],
         title=f"Data-parallel throughput: DDP processes vs 1 (MNIST-dense training step, {device})",
         notes=notes, out_dir=out_dir)
 

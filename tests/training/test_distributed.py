@@ -2,7 +2,8 @@
 
 Three ``torchrun`` launches of ``distributed_worker.py`` (a reference run, a run whose rank 1
 is killed, its resume) and one of ``pycdeq run``; each is bounded by a timeout, so a hang
-fails the test instead of the suite. The checks without processes come first.
+fails the test instead of the suite. A launch that several tests share runs once per session,
+also under pytest-xdist (a file lock). The checks without processes come first.
 """
 
 from __future__ import annotations
@@ -10,12 +11,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
+import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from filelock import FileLock  # a dependency of torch
 from torch import nn
 from torch.utils.data.distributed import DistributedSampler
 
@@ -33,15 +38,39 @@ import distributed_worker as worker  # noqa: E402  (the settings the processes r
 LAUNCH_TIMEOUT = 240  # seconds per torchrun launch; a hang must fail, not stall the suite
 
 
-def _torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+def _torchrun(*args: str, cwd: Path) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHON_JULIAPKG_OFFLINE="yes",
                PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={worker.WORLD}",
                *args]
-    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT)
+    with subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True) as launcher:
+        try:
+            stdout, stderr = launcher.communicate(timeout=LAUNCH_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            # torchrun stops its workers (each in its own session) when it gets SIGTERM.
+            launcher.send_signal(signal.SIGTERM)
+            try:
+                launcher.communicate(timeout=60)
+            finally:
+                launcher.kill()
+            pytest.fail(f"torchrun {' '.join(args)} hung: no exit within {LAUNCH_TIMEOUT} s")
+    return {"returncode": launcher.returncode, "stdout": stdout, "stderr": stderr}
 
 
-def _worker(mode: str, out: Path) -> subprocess.CompletedProcess:
+def _once(tmp_path_factory, name: str, launch) -> Path:
+    """``launch(folder)`` once per test session (xdist workers share it); its folder."""
+    root = tmp_path_factory.getbasetemp()
+    root = root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root
+    folder = root / f"distributed-{name}"
+    with FileLock(f"{folder}.lock"):
+        if not (folder / "launch.json").is_file():
+            folder.mkdir(exist_ok=True)
+            (folder / "launch.json").write_text(json.dumps(launch(folder)))
+    return folder
+
+
+def _worker(mode: str, out: Path) -> dict:
     return _torchrun(str(HERE / "distributed_worker.py"), mode, str(out), cwd=out)
 
 
@@ -152,9 +181,9 @@ def test_resuming_with_another_number_of_processes_is_refused(tmp_path):
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    out = tmp_path_factory.mktemp("reference")
-    done = _worker("reference", out)
-    assert done.returncode == 0, done.stderr[-4000:]
+    out = _once(tmp_path_factory, "reference", lambda folder: _worker("reference", folder))
+    done = json.loads((out / "launch.json").read_text())
+    assert done["returncode"] == 0, done["stderr"][-4000:]
     return torch.load(out / "reference.pt", weights_only=False)
 
 
@@ -214,32 +243,33 @@ def test_two_processes_train_as_one_process_with_the_global_batch(reference):
 
 @pytest.fixture(scope="module")
 def died(tmp_path_factory):
-    out = tmp_path_factory.mktemp("died")
-    return out, _worker("die", out)
+    out = _once(tmp_path_factory, "died", lambda folder: _worker("die", folder))
+    return out, json.loads((out / "launch.json").read_text())
 
 
 def test_a_rank_that_dies_fails_the_run_cleanly(died):
     out, done = died
-    assert done.returncode != 0
-    assert "rank      : 1" in done.stderr and "SIGKILL" in done.stderr  # torchrun names the dead rank
+    assert done["returncode"] != 0
+    # torchrun names the dead rank and its signal.
+    assert re.search(r"rank\s*:\s*1\b", done["stderr"]) and "SIGKILL" in done["stderr"]
     assert (out / "died.pt").is_file()  # the last complete epoch's checkpoint survived
 
 
-def test_resume_after_the_failure_gives_the_uninterrupted_parameters(died, reference):
+def test_resume_after_the_failure_gives_the_uninterrupted_parameters(died, reference, tmp_path):
     """Every rank restores its own random stream (the Jacobian probes) and the batch order."""
-    out, _ = died
-    done = _worker("resume", out)
-    assert done.returncode == 0, done.stderr[-4000:]
-    assert torch.equal(torch.load(out / "resumed.pt"), reference["resumable"])
+    shutil.copy(died[0] / "died.pt", tmp_path / "died.pt")  # resuming rewrites it
+    done = _worker("resume", tmp_path)
+    assert done["returncode"] == 0, done["stderr"][-4000:]
+    assert torch.equal(torch.load(tmp_path / "resumed.pt"), reference["resumable"])
 
 
 def test_torchrun_runs_the_command_line_and_only_rank_0_writes(tmp_path):
     out = tmp_path / "out"
     done = _torchrun("-m", "pycdeq", "run", "--variants", "skip", "--seed-list", "0", "--steps", "2",
                      "--limit-train", "64", "--limit-test", "32", "--no-progress", "--out", str(out), cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-4000:]
-    assert done.stdout.count("Test acc (%)") == 1 and done.stdout.count("output in") == 1
-    assert "2 processes, batch 32 each" in done.stdout
+    assert done["returncode"] == 0, done["stderr"][-4000:]
+    assert done["stdout"].count("Test acc (%)") == 1 and done["stdout"].count("output in") == 1
+    assert "2 processes, batch 32 each" in done["stdout"]
     results = json.loads((out / "results.json").read_text())
     run = results["runs"][0]
     assert run["world_size"] == 2 and run["history"][-1]["step"] == 2

@@ -25,7 +25,7 @@ from torch import nn
 from torch.utils.data.distributed import DistributedSampler
 
 from pycdeq.models import build_model
-from pycdeq.training import Trainer, TrainConfig
+from pycdeq.training import Trainer
 from pycdeq.training.checkpoint import load_checkpoint, save_checkpoint
 from pycdeq.training.distributed import (DistributedContext, init_from_environment, needs_unused_parameter_search,
                                          rank_seed, shard_indices, sync_batch_norm_targets, wrap_model)

@@ -243,9 +243,9 @@ def wrap_model(model: nn.Module, ctx: DistributedContext, *, sync_batch_norm: bo
         raise TypeError(f"ctx must be a DistributedContext, got {type(ctx).__name__}")
     if isinstance(model, DistributedDataParallel):
         return model
-    targets = sync_batch_norm_targets(model)  # also refuses a SyncBatchNorm inside f
     if not ctx.is_distributed:
         return model.to(ctx.device)
+    targets = sync_batch_norm_targets(model)  # also refuses a SyncBatchNorm inside f
     if sync_batch_norm and ctx.device.type == "cuda" and targets:
         model = _convert_batch_norms(model, targets)
     if find_unused_parameters is None:

@@ -5,6 +5,10 @@
     pycdeq run my_setup.toml --out runs/mine
     pycdeq run --out runs/x --resume   # continue an interrupted run
     pycdeq list                     # the named setups
+    torchrun --nproc-per-node 4 -m pycdeq run cifar10-small --device cuda   # data-parallel (DDP)
+
+Under ``torchrun`` every process trains its share of each batch (``--batch-size`` is per
+process) and rank 0 alone prints and writes ``--out`` (docs/distributed.md).
 
 Exit codes: 0 success; 2 bad arguments (an argparse-style message on stderr; also an
 unknown experiment, a bad config file, an invalid value found while configuring, a device
@@ -189,14 +193,23 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, experiment: 
 
 def _run_experiment(parser: argparse.ArgumentParser, args: argparse.Namespace, experiment: Experiment) -> int:
     from ..julia.errors import JuliaNotAvailableError
+    from ..training.distributed import decided_by_main, distributed_initialized, init_from_environment, shutdown
     from .runner import ExperimentInterrupted, ExperimentRunner, UsageError
 
-    out = args.out or Path("runs") / f"{experiment.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    runner = ExperimentRunner(experiment, out, resume=args.resume, progress=not args.no_progress, julia=args.julia)
+    joined = not distributed_initialized()
+    try:  # under torchrun: join the process group (a single process otherwise)
+        ctx = init_from_environment(experiment.train.device)
+    except ValueError as error:
+        return _usage_error(parser, f"--device {experiment.train.device}: {error}")
+    # Rank 0's clock names the folder: the ranks' clocks may straddle a second.
+    out = decided_by_main(lambda: args.out or Path("runs") / f"{experiment.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+                          ctx)
+    runner = ExperimentRunner(experiment, out, resume=args.resume, progress=not args.no_progress, julia=args.julia,
+                              distributed=ctx)
     try:
         runner.run()
     except UsageError as error:
-        return _usage_error(parser, str(error))
+        return _usage_error(parser, str(error)) if ctx.is_main else EXIT_USAGE
     except ExperimentInterrupted:
         return EXIT_INTERRUPTED
     except KeyboardInterrupt:
@@ -208,7 +221,11 @@ def _run_experiment(parser: argparse.ArgumentParser, args: argparse.Namespace, e
     except Exception as error:  # noqa: BLE001 - the CLI's job is to report any failure cleanly
         if args.debug:
             traceback.print_exc()
-        print(f"pycdeq: error: {type(error).__name__}: {error}", file=sys.stderr)
+        where = f" (rank {ctx.rank} of {ctx.world_size})" if ctx.is_distributed else ""
+        print(f"pycdeq: error{where}: {type(error).__name__}: {error}", file=sys.stderr)
         return EXIT_FAILURE
+    finally:
+        if joined:  # a process group the caller set up stays up
+            shutdown()
     return EXIT_OK
 

@@ -35,6 +35,7 @@ class RunRecord:
     history: List[dict] = field(default_factory=list)
     status: str = "complete"  #: "complete" | "interrupted" | "failed"
     backend: str = "pytorch"
+    world_size: int = 1  #: processes that trained it (torchrun data parallel)
 
     @property
     def name(self) -> str:

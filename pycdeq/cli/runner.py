@@ -14,9 +14,13 @@ the uninterrupted one batch for batch; the data split is drawn with seed 0 for e
 
 Every request is checked before anything is written (device, settings against the folder,
 data, model options); on ``--resume`` the folder's run records and checkpoints are checked
-too (readable, and of this experiment's variant, seed and settings) before training starts.
-A failed or interrupted attempt never replaces a ``results.json`` that holds more finished
-runs than it does.
+too (readable, and of this experiment's variant, seed, settings and number of processes)
+before training starts. A failed or interrupted attempt never replaces a ``results.json``
+that holds more finished runs than it does.
+
+Under ``torchrun`` every rank runs the same experiment on its share of the batches; rank 0
+alone takes the folder's lock, reads the folder, decides (the other ranks learn its
+decisions and errors), prints and writes (docs/distributed.md).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from ..data import DatasetFormatError, load_dataset
 from ..models import build_model, make_config
 from ..training import FolderLock, FolderLockedError, Trainer, atomic_write_text, check_device, load_checkpoint
 from ..training.checkpoint import check_identity, run_identity
+from ..training.distributed import DistributedContext, decided_by_main, main_process_first, shard_size
 from .experiments import VARIANT_NAMES, ConfigError, Experiment
 from .report import RunRecord, completed_runs, format_table, read_results, write_plots, write_results
 
@@ -56,11 +61,14 @@ class OutputFolderError(RuntimeError):
 
 class ExperimentRunner:
     def __init__(self, experiment: Experiment, out: Path, *, resume: bool = False, progress: bool = True,
-                 julia: bool = False, stream: Optional[TextIO] = None):
+                 julia: bool = False, stream: Optional[TextIO] = None,
+                 distributed: Optional[DistributedContext] = None):
         self.experiment = experiment
+        self.distributed = distributed or DistributedContext.single()
+        self.main = self.distributed.is_main
         self.out = Path(out)
         self.resume = resume
-        self.progress = progress
+        self.progress = progress and self.main
         self.julia = julia
         self.stream = stream
         self.records: List[RunRecord] = []
@@ -68,7 +76,10 @@ class ExperimentRunner:
 
     # --- setup ---------------------------------------------------------------------------
     def check_device(self) -> None:
-        """The device must exist on this machine (exit 2), before anything is written."""
+        """The device must exist on this machine (exit 2), before anything is written. Under
+        torchrun the context's device was checked when the process joined (cuda:LOCAL_RANK)."""
+        if self.distributed.is_distributed:
+            return
         try:
             check_device(self.experiment.train.device)
         except ValueError as error:
@@ -102,8 +113,9 @@ class ExperimentRunner:
         """The data set; a bad option or limit is a usage error, missing or corrupt files a failure."""
         e = self.experiment
         try:
-            return load_dataset(e.dataset, data_dir=e.data_dir, download=e.download, seed=0,
-                                limit_train=e.limit_train, limit_test=e.limit_test, **dict(e.dataset_options))
+            with main_process_first(self.distributed):  # one download per node
+                return load_dataset(e.dataset, data_dir=e.data_dir, download=e.download, seed=0,
+                                    limit_train=e.limit_train, limit_test=e.limit_test, **dict(e.dataset_options))
         except DatasetFormatError:
             raise
         except (TypeError, ValueError) as error:
@@ -127,63 +139,90 @@ class ExperimentRunner:
             except (TypeError, ValueError) as error:
                 raise UsageError(f"model {self.experiment.model!r}, variant {variant!r}: {error}") from error
 
-    def check_resumable(self, data, epochs: int) -> None:
+    def check_resumable(self, data, epochs: int) -> Dict[Tuple[str, int], RunRecord]:
         """On --resume: every run record must be readable and of its run, every checkpoint of
-        an unfinished run readable and of this experiment (errors name the file; exit 1)."""
+        an unfinished run readable and of this experiment and number of processes (errors name
+        the file; exit 1). Returns the finished runs' records by (variant, seed)."""
+        finished: Dict[Tuple[str, int], RunRecord] = {}
         if not self.resume:
-            return
+            return finished
         for variant in self.experiment.variants:
             for seed in self.experiment.seeds:
                 record_path = self.out / "runs" / f"{variant}-seed{seed}.json"
                 if record_path.exists():
                     record = _read_record(record_path, variant, seed)
                     if record.status == "complete":
-                        self._finished[variant, seed] = record
+                        finished[variant, seed] = record
                         continue
                 checkpoint = self._checkpoint_path(variant, seed)
                 if checkpoint.exists():
                     config = make_config(self.experiment.model, **self._model_kwargs(variant, data))
-                    expected = run_identity(config, self.experiment.train_config(seed=seed, epochs=epochs))
+                    expected = run_identity(config, self.experiment.train_config(seed=seed, epochs=epochs),
+                                            world_size=self.distributed.world_size)
                     check_identity(checkpoint, load_checkpoint(checkpoint).get("identity"), expected)
+        return finished
 
     def _checkpoint_path(self, variant: str, seed: int) -> Path:
         return self.out / "checkpoints" / f"{variant}-seed{seed}.pt"
 
     def _epochs(self, data) -> int:
         t = self.experiment.train
-        batches = math.ceil(len(data.train) / t.batch_size)
+        batches = math.ceil(shard_size(len(data.train), self.distributed) / t.batch_size)  # per process
         return t.epochs if t.steps is None else min(t.epochs or math.inf, math.ceil(t.steps / batches))
 
     # --- running -------------------------------------------------------------------------
     def run(self) -> List[dict]:
         # Everything that can reject the request runs before anything is written.
         self.check_device()
-        self.check_output()
+        decided_by_main(self.check_output, self.distributed)
         data = self.load_data()
         self.check_models(data)
+        if self.julia and self.distributed.is_distributed:
+            raise UsageError("--julia is not supported under torchrun; run the Julia rows in a single process")
         if self.julia:
             from .julia_rows import check_available
 
             check_available()
-        lock = FolderLock(self.out)
+        lock = self._lock_output()
         try:
-            lock.acquire()
-        except FolderLockedError as error:
-            raise UsageError(str(error)) from None
-        try:
-            self.check_output()  # again, now that no other run can change the folder
             return self._run_locked(data)
         finally:
-            lock.release()
+            if lock is not None:
+                lock.release()
+
+    def _lock_output(self) -> Optional[FolderLock]:
+        """Rank 0 takes the output folder's lock and checks the folder again, now that no other
+        run can change it; it returns the held lock. The other ranks take no lock (``None``):
+        they learn rank 0's outcome, a refusal included (exit 2 on every rank)."""
+        held: List[FolderLock] = []
+
+        def take() -> None:
+            lock = FolderLock(self.out)
+            try:
+                lock.acquire()
+            except FolderLockedError as error:
+                raise UsageError(str(error)) from None
+            try:
+                self.check_output()
+            except BaseException:
+                lock.release()
+                raise
+            held.append(lock)
+
+        decided_by_main(take, self.distributed)
+        return held[0] if held else None
 
     def _run_locked(self, data) -> List[dict]:
         e = self.experiment
         epochs = self._epochs(data)
-        self.check_resumable(data, epochs)
-        atomic_write_text(self.out / "experiment.json", json.dumps(e.to_dict(), indent=2) + "\n")
+        self._finished = decided_by_main(lambda: self.check_resumable(data, epochs), self.distributed)
+        if self.main:
+            atomic_write_text(self.out / "experiment.json", json.dumps(e.to_dict(), indent=2) + "\n")
         self._say(f"{e.name}: {e.model} on {data.name} ({len(data.train)} train / {len(data.test)} test), "
                   f"variants {', '.join(e.variants)}, seeds {', '.join(map(str, e.seeds))}, "
-                  f"{epochs} epoch(s), {'continuous' if e.continuous else 'discrete'}; output in {self.out}")
+                  f"{epochs} epoch(s), {'continuous' if e.continuous else 'discrete'}; output in {self.out}"
+                  + (f"; {self.distributed.world_size} processes, batch {e.train.batch_size} each"
+                     if self.distributed.is_distributed else ""))
         try:
             for variant in e.variants:
                 for seed in e.seeds:
@@ -200,6 +239,8 @@ class ExperimentRunner:
         except Exception as error:
             self._write_partial(error=f"{type(error).__name__}: {error}")
             raise
+        if not self.main:
+            return []
         rows = write_results(self.out, e, self.records)
         write_plots(self.out, self.records, rows)
         self._say("")
@@ -210,7 +251,10 @@ class ExperimentRunner:
         return rows
 
     def _write_partial(self, **outcome) -> None:
-        """results.json for a failed or interrupted attempt, unless the one there is better."""
+        """results.json for a failed or interrupted attempt, unless the one there is better
+        (rank 0 only: it alone writes)."""
+        if not self.main:
+            return
         previous = read_results(self.out / "results.json")
         done = sum(r.status == "complete" for r in self.records)
         if previous is not None and (previous.get("complete") is True or completed_runs(previous) > done):
@@ -235,19 +279,23 @@ class ExperimentRunner:
                             nfe=f"{metrics.test.nfe:.1f}")
 
         trainer = Trainer(model, e.train_config(seed=seed, epochs=epochs, progress=self.progress),
-                          checkpoint_path=self._checkpoint_path(variant, seed), on_epoch=on_epoch)
+                          checkpoint_path=self._checkpoint_path(variant, seed), on_epoch=on_epoch,
+                          distributed=self.distributed)
         began = time.perf_counter()
         try:
             result = trainer.fit(data.train, data.test, resume=self.resume)
         except BaseException as stop:  # keep the completed epochs in the partial results
             status = "interrupted" if isinstance(stop, KeyboardInterrupt) else "failed"
             self.records.append(RunRecord(variant, seed, trainer.result.parameters,
-                                          [h.flat() for h in trainer.result.history], status=status))
+                                          [h.flat() for h in trainer.result.history], status=status,
+                                          world_size=self.distributed.world_size))
             raise
         finally:
             bar.close()
-        record = RunRecord(variant, seed, result.parameters, [h.flat() for h in result.history])
-        atomic_write_text(record_path, json.dumps(record.to_dict(), indent=2) + "\n")
+        record = RunRecord(variant, seed, result.parameters, [h.flat() for h in result.history],
+                           world_size=result.world_size)
+        if self.main:
+            atomic_write_text(record_path, json.dumps(record.to_dict(), indent=2) + "\n")
         if not self.progress:  # the bar said it otherwise
             m = record.metrics()
             self._say(f"{VARIANT_NAMES[variant]} seed {seed}: acc {m['accuracy']:.2f}%, nfe {m['nfe']:.1f}, "
@@ -255,6 +303,8 @@ class ExperimentRunner:
         return record
 
     def _say(self, text: str) -> None:
+        if not self.main:
+            return
         print(text, file=self.stream or sys.stdout, flush=True)  # sys.stdout as it is now
 
 

@@ -2,13 +2,15 @@
 
 from .checkpoint import RESUMABLE_CHANGES, CheckpointError, load_checkpoint, save_checkpoint
 from .config import TrainConfig, check_device
+from .distributed import DistributedContext, init_from_environment, make_sampler, shutdown, wrap_model
 from .files import FolderLock, FolderLockedError, atomic_write_bytes, atomic_write_text
 from .metrics import EpochMetrics, EvalMetrics, RunResult
 from .trainer import Trainer
 
 __all__ = ["Trainer", "TrainConfig", "check_device", "EpochMetrics", "EvalMetrics", "RunResult",
            "save_checkpoint", "load_checkpoint", "CheckpointError", "RESUMABLE_CHANGES", "atomic_write_bytes",
-           "atomic_write_text", "FolderLock", "FolderLockedError", "DEQClassifier"]
+           "atomic_write_text", "FolderLock", "FolderLockedError", "DEQClassifier", "DistributedContext",
+           "init_from_environment", "wrap_model", "make_sampler", "shutdown"]
 
 
 def __getattr__(name):

@@ -18,7 +18,8 @@ bit). It authenticates nothing: whoever can write the file can write a matching 
 Protection against a hostile file is the restricted loading above, not the checksum.
 
 **What a checkpoint belongs to.** :func:`run_identity` describes a run (the model's class
-and configuration, every training option); the trainer stores it and, on resume, refuses a
+and configuration, every training option, the number of processes of a data-parallel run,
+which decides the batch order); the trainer stores it and, on resume, refuses a
 checkpoint whose identity differs, naming the fields (:func:`identity_mismatch`), apart from
 :data:`RESUMABLE_CHANGES`, the options that may change between a run and its resume.
 """
@@ -151,9 +152,11 @@ def describe_model(model: Any) -> dict:
     return {"class": f"{type(model).__module__}.{type(model).__qualname__}"}
 
 
-def run_identity(model: Any, train_config: Any) -> dict:
-    """What a checkpoint belongs to: ``{"model": describe_model(model), "train": <options>}``."""
-    return {"model": describe_model(model), "train": describe(train_config)}
+def run_identity(model: Any, train_config: Any, *, world_size: int = 1) -> dict:
+    """What a checkpoint belongs to: ``{"model": describe_model(model), "train": <options>,
+    "world_size": <processes>}`` (data-parallel processes: each takes its share of the batches,
+    so resuming with another number would draw other batches)."""
+    return {"model": describe_model(model), "train": describe(train_config), "world_size": world_size}
 
 
 def _flatten(value: Any, prefix: str) -> Dict[str, Any]:
@@ -180,6 +183,8 @@ def check_identity(path, stored: Any, current: dict) -> None:
                               "pycdeq?); it is not resumed")
     differing = identity_mismatch(stored, current)
     if differing:
-        raise CheckpointError(f"checkpoint {path} belongs to another run; it differs in: {'; '.join(differing)}. "
-                              f"Only {', '.join(RESUMABLE_CHANGES)} may change on resume: start a new run "
-                              "(another checkpoint path) to change anything else")
+        processes = (" (resume a data-parallel run with as many processes as wrote it: the batch order depends "
+                     "on the number)" if any(d.startswith("world_size:") for d in differing) else "")
+        raise CheckpointError(f"checkpoint {path} belongs to another run; it differs in: {'; '.join(differing)}"
+                              f"{processes}. Only {', '.join(RESUMABLE_CHANGES)} may change on resume: start a "
+                              "new run (another checkpoint path) to change anything else")

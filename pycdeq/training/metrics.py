@@ -65,11 +65,12 @@ class RunResult:
     history: List[EpochMetrics] = field(default_factory=list)
     parameters: int = 0
     interrupted: bool = False
+    world_size: int = 1  #: processes that trained it (data-parallel)
 
     @property
     def final(self) -> Optional[EpochMetrics]:
         return self.history[-1] if self.history else None
 
     def to_dict(self) -> dict:
-        return {"parameters": self.parameters, "interrupted": self.interrupted,
+        return {"parameters": self.parameters, "interrupted": self.interrupted, "world_size": self.world_size,
                 "history": [epoch.flat() for epoch in self.history]}

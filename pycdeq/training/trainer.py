@@ -1,9 +1,11 @@
 """Training and evaluation of any pycdeq model ``model(x) -> (logits, solution)``.
 
 No global state: everything a run needs is on the ``Trainer``, the shuffling has its own
-seeded ``torch.Generator``, and only ``rank == 0`` prints or writes checkpoints, so running
-under ``torchrun`` with DistributedDataParallel needs only a wrapped model and a sharded
-batch order (a later step).
+seeded ``torch.Generator``, and only ``rank == 0`` prints or writes checkpoints. With a
+:class:`~pycdeq.training.distributed.DistributedContext` of several processes (``torchrun``)
+the model is wrapped in DistributedDataParallel, each rank takes its ``DistributedSampler``
+share of every epoch's permutation (``batch_size`` is per process), and the reported metrics
+are global (see ``docs/distributed.md``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from ..layers.deq import DEQ, NonConvergenceWarning
 from ..solvers.solution import Status
 from .checkpoint import check_identity, load_checkpoint, run_identity, save_checkpoint
 from .config import TrainConfig, check_device
+from .distributed import (DistributedContext, all_gather_object, all_reduce_max, all_reduce_sum, barrier,
+                          decided_by_main, rank_seed, shard_indices, shard_size, unwrap, wrap_model)
 from .metrics import EpochMetrics, EvalMetrics, RunResult, synchronized_clock
 
 Data = Union[Tuple[torch.Tensor, torch.Tensor], object]
@@ -53,25 +57,45 @@ class Trainer:
 
     def __init__(self, model: nn.Module, config: TrainConfig = TrainConfig(), *, rank: int = 0,
                  checkpoint_path: Optional[Union[str, Path]] = None,
-                 on_epoch: Optional[Callable[[EpochMetrics], None]] = None):
+                 on_epoch: Optional[Callable[[EpochMetrics], None]] = None,
+                 distributed: Optional[DistributedContext] = None):
         if not isinstance(config, TrainConfig):
             raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
         self.config = config
-        self.device = check_device(config.device)
-        self.model = model.to(self.device)
-        self.rank = rank
+        if distributed is None and isinstance(model, nn.parallel.DistributedDataParallel):
+            raise ValueError("the model is DDP-wrapped: pass distributed=init_from_environment() (and the bare "
+                             "model, the Trainer wraps it) so that metrics and checkpoints are global")
+        self.distributed = self._context(distributed, rank)
+        # Under torchrun the context's device was checked when the process joined (cuda:LOCAL_RANK).
+        self.device = self.distributed.device if self.distributed.is_distributed else check_device(config.device)
+        self.model = wrap_model(model, self.distributed) if self.distributed.is_distributed else model.to(self.device)
+        self._module = unwrap(self.model)  # checkpoints and evaluation use the bare model
+        self.rank = self.distributed.rank if distributed is not None else rank
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
         self.on_epoch = on_epoch
         self.optimizer = self._make_optimizer()
         self.scaler = torch.amp.GradScaler("cuda") if config.amp else None
         self.generator = torch.Generator().manual_seed(config.seed)
-        self.result = RunResult(parameters=sum(p.numel() for p in model.parameters()))
+        self.result = RunResult(parameters=sum(p.numel() for p in model.parameters()),
+                                world_size=self.distributed.world_size)
         self.step = 0
         self.epoch = 0
         self.train_time = 0.0
         self._deq_layers = [m for m in model.modules() if isinstance(m, DEQ)]
 
     # --- configuration -----------------------------------------------------------------
+    def _context(self, distributed: Optional[DistributedContext], rank: int) -> DistributedContext:
+        if distributed is None:
+            return DistributedContext.single(self.config.device)
+        if not isinstance(distributed, DistributedContext):
+            raise TypeError(f"distributed must be a DistributedContext, got {type(distributed).__name__}")
+        if rank not in (0, distributed.rank):
+            raise ValueError(f"rank={rank} contradicts the distributed context's rank {distributed.rank}")
+        if distributed.is_distributed and distributed.device.type != torch.device(self.config.device).type:
+            raise ValueError(f"config.device {self.config.device!r} but the distributed context computes on "
+                             f"{distributed.device}")
+        return distributed
+
     def _make_optimizer(self) -> torch.optim.Optimizer:
         c, params = self.config, self.model.parameters()
         if c.optimizer == "adam":
@@ -100,14 +124,14 @@ class Trainer:
         """
         c = self.config
         x, y = _tensors(train, "train")
-        batches_per_epoch = math.ceil(x.shape[0] / c.batch_size)
+        batches_per_epoch = math.ceil(shard_size(x.shape[0], self.distributed) / c.batch_size)
         total_steps = c.steps or c.epochs * batches_per_epoch
         if resume and self.checkpoint_path is None:
             raise ValueError("resume=True needs the Trainer's checkpoint_path")
-        if resume and self.checkpoint_path.exists():
+        if resume and decided_by_main(self.checkpoint_path.exists, self.distributed):
             self.load(self.checkpoint_path)
         else:
-            torch.manual_seed(c.seed)
+            torch.manual_seed(rank_seed(c.seed, self.distributed.rank))
         bar = tqdm(total=total_steps, initial=self.step, disable=not c.progress or self.rank != 0,
                    desc="train", leave=False, dynamic_ncols=True)
         try:
@@ -121,7 +145,7 @@ class Trainer:
                         bar.set_postfix(epoch=metrics.epoch, loss=f"{metrics.train_loss:.3f}",
                                         acc=f"{metrics.test.accuracy:.3f}", nfe=f"{metrics.test.nfe:.1f}")
                     self.result.history.append(metrics)
-                    if self.checkpoint_path is not None and self.rank == 0:
+                    if self.checkpoint_path is not None and (self.rank == 0 or self.distributed.is_distributed):
                         self.save(self.checkpoint_path)
                     if self.on_epoch is not None:
                         self.on_epoch(metrics)
@@ -138,10 +162,10 @@ class Trainer:
     def _train_epoch(self, x, y, total_steps, bar) -> EpochMetrics:
         c = self.config
         self.model.train()
-        order = torch.randperm(x.shape[0], generator=self.generator)
+        order = shard_indices(torch.randperm(x.shape[0], generator=self.generator), self.distributed)
         loss_sum = correct = seen = nfe_sum = batches = 0
         backward_time = 0.0
-        for start in range(0, x.shape[0], c.batch_size):
+        for start in range(0, order.shape[0], c.batch_size):
             if self.step >= total_steps:
                 break
             index = order[start:start + c.batch_size]
@@ -183,13 +207,21 @@ class Trainer:
         for layer in self._deq_layers:
             layer.fixed_depth = 0
         self.epoch += 1
+        # Global figures: sums over every rank's batches; times of the slowest rank.
+        train_time, backward_time = all_reduce_max([self.train_time, backward_time / max(batches, 1)],
+                                                   self.distributed)
+        loss_sum, correct, seen, nfe_sum, batches = all_reduce_sum([loss_sum, correct, seen, nfe_sum, batches],
+                                                                    self.distributed)
         return EpochMetrics(epoch=self.epoch, step=self.step, lr=lr, train_loss=loss_sum / max(seen, 1),
                             train_accuracy=correct / max(seen, 1), train_nfe=nfe_sum / max(batches, 1),
-                            train_time=self.train_time, backward_time=backward_time / max(batches, 1))
+                            train_time=train_time, backward_time=backward_time)
 
     # --- evaluation --------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self, data: Data) -> EvalMetrics:
+        """Metrics on ``data``. Distributed: a collective (call it on every rank); rank ``r``
+        evaluates batches ``r, r + world_size, ...`` of the single-process batching, so the
+        global metrics are those of one process."""
         x, y = _tensors(data, "data")
         was_training = self.model.training
         self.model.eval()
@@ -198,12 +230,12 @@ class Trainer:
         predict_time = 0.0
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NonConvergenceWarning)
-            size = self.config.evaluation_batch_size
-            for start in range(0, x.shape[0], size):
+            size, ranks = self.config.evaluation_batch_size, self.distributed.world_size
+            for start in range(self.distributed.rank * size, x.shape[0], size * ranks):
                 xb, yb = x[start:start + size].to(self.device), y[start:start + size].to(self.device)
                 began = synchronized_clock(self.device)
                 with torch.autocast(self.device.type, enabled=self.config.amp):
-                    logits, solution = self.model(xb)
+                    logits, solution = self._module(xb)  # no DDP forward: no collective per batch
                 predict_time += synchronized_clock(self.device) - began
                 loss_sum += float(F.cross_entropy(logits.float(), yb, reduction="sum"))
                 correct += int((logits.argmax(dim=1) == yb).sum())
@@ -212,6 +244,8 @@ class Trainer:
                 batches += 1
         self.model.train(was_training)
         n = x.shape[0]
+        loss_sum, correct, nonconverged, nfe_sum, batches, predict_time = all_reduce_sum(
+            [loss_sum, correct, nonconverged, nfe_sum, batches, predict_time], self.distributed)
         return EvalMetrics(accuracy=correct / n, loss=loss_sum / n, nfe=nfe_sum / batches,
                            nonconverged_fraction=nonconverged / n, predict_time=predict_time / batches,
                            samples=n)
@@ -226,21 +260,22 @@ class Trainer:
             warnings.simplefilter("ignore", NonConvergenceWarning)
             size = self.config.evaluation_batch_size
             for start in range(0, x.shape[0], size):
-                logits, _ = self.model(x[start:start + size].to(self.device))
+                logits, _ = self._module(x[start:start + size].to(self.device))
                 outputs.append(logits.float())
         self.model.train(was_training)
         return torch.cat(outputs)
 
     # --- checkpoints -------------------------------------------------------------------
     def identity(self) -> dict:
-        """What this run's checkpoints belong to (model configuration, training options)."""
-        return run_identity(self.model, self.config)
+        """What this run's checkpoints belong to (model configuration, training options, number
+        of processes: the batch order depends on it)."""
+        return run_identity(self._module, self.config, world_size=self.distributed.world_size)
 
     def state_dict(self) -> dict:
         """Tensors and plain containers only (checkpoints load with ``weights_only=True``)."""
         return {
             "identity": self.identity(),
-            "model": self.model.state_dict(),
+            "model": self._module.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "schedule": {"step": self.step, "epoch": self.epoch},
@@ -252,21 +287,31 @@ class Trainer:
         }
 
     def save(self, path) -> None:
-        save_checkpoint(path, self.state_dict())
+        """Write a checkpoint. Distributed: a collective (call it on every rank): every rank's
+        random state is gathered (a list in rank order), rank 0 writes, and no rank goes on
+        before the file is there."""
+        state = self.state_dict()
+        if self.distributed.is_distributed:
+            state["rng"] = all_gather_object(state["rng"], self.distributed)
+        if self.distributed.is_main:
+            save_checkpoint(path, state)
+        barrier(self.distributed)
 
     def load(self, path) -> None:
         """Restore a checkpoint of this run (``CheckpointError`` if it belongs to another one)."""
         state = load_checkpoint(path, map_location=self.device)
-        # Before any state is touched: another run's optimizer state may not even fit this one's.
+        # Before any state is touched: another run's optimizer state may not even fit this one's,
+        # and another number of processes would draw other batches (world_size is in the identity).
         check_identity(path, state.get("identity"), self.identity())
-        self.model.load_state_dict(state["model"])
+        self._module.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scaler is not None and state["scaler"] is not None:
             self.scaler.load_state_dict(state["scaler"])
         self.step, self.epoch = state["schedule"]["step"], state["schedule"]["epoch"]
         self.train_time = state["train_time"]
         self.result.history = [EpochMetrics.from_dict(epoch) for epoch in state["history"]]
-        rng = state["rng"]
+        # One process saves its random state, several a list of them in rank order.
+        rng = state["rng"][self.distributed.rank] if isinstance(state["rng"], list) else state["rng"]
         # RNG states must be CPU ByteTensors; map_location moved them to the model's device.
         torch.set_rng_state(rng["torch"].cpu())
         self.generator.set_state(rng["generator"].cpu())

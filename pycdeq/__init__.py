@@ -26,11 +26,42 @@ Subpackages
 
 from .adjoints import GMRES, JFB, Adjoint, AdjointStats, FixedPointAdjoint, ImplicitAdjoint, Unrolled
 from .equilibrium import solve, unroll
-from .layers import (DEQ, DEQOutput, JacobianRegularization, LayerOutput, MultiScaleDEQ, MultiScaleNeuralODE,
-                     MultiScaleSkipDEQ, MultiScaleSkipRegDEQ, NeuralODE, NeuralODEOutput, NonConvergenceError,
-                     NonConvergenceWarning, SkipDEQ, SkipRegDEQ)
-from .solvers import (BS3, RK4, VCAB3, Anderson, Broyden, DiscreteSolver, Dopri5, Euler, FixedPoint, ODEMethod,
-                      PIController, Solution, Solver, Status, Termination, Trajectory, Tsit5, integrate)
+from .layers import (
+    DEQ,
+    DEQOutput,
+    JacobianRegularization,
+    LayerOutput,
+    MultiScaleDEQ,
+    MultiScaleNeuralODE,
+    MultiScaleSkipDEQ,
+    MultiScaleSkipRegDEQ,
+    NeuralODE,
+    NeuralODEOutput,
+    NonConvergenceError,
+    NonConvergenceWarning,
+    SkipDEQ,
+    SkipRegDEQ,
+)
+from .solvers import (
+    BS3,
+    RK4,
+    VCAB3,
+    Anderson,
+    Broyden,
+    DiscreteSolver,
+    Dopri5,
+    Euler,
+    FixedPoint,
+    ODEMethod,
+    PIController,
+    Solution,
+    Solver,
+    Status,
+    Termination,
+    Trajectory,
+    Tsit5,
+    integrate,
+)
 
 __version__ = "0.1.0"
 

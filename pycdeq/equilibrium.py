@@ -10,18 +10,19 @@ from it once, here, in the user's state structure.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, Sequence, Tuple
 
 import torch
 
 from . import _checks
 from .adjoints import GMRES, Adjoint
 from .solvers import Solution, Solver, SolverRecord, Status, Termination
+from .solvers.base import FlatMap
 from .solvers.packing import StatePacker
 from .solvers.solution import State
 
 
-def _checked_args(args: Sequence[torch.Tensor], batch: int) -> tuple:
+def _checked_args(args: Sequence[torch.Tensor], batch: int) -> Tuple[torch.Tensor, ...]:
     if not isinstance(args, (tuple, list)):
         raise TypeError(f"args must be a tuple of tensors, got {type(args).__name__}")
     for i, a in enumerate(args):
@@ -32,7 +33,8 @@ def _checked_args(args: Sequence[torch.Tensor], batch: int) -> tuple:
     return tuple(args)
 
 
-def _prepare(fn: Callable[..., State], z0: State, args: Sequence[torch.Tensor]):
+def _prepare(fn: Callable[..., State], z0: State, args: Sequence[torch.Tensor]
+             ) -> Tuple[StatePacker, FlatMap, torch.Tensor, Tuple[torch.Tensor, ...]]:
     """Check the inputs; returns the packer, the flat map, the flat start and the args."""
     if not callable(fn):
         raise TypeError(f"fn must be callable fn(z, *args), got {type(fn).__name__}")
@@ -65,11 +67,11 @@ def solve(fn: Callable[..., State], z0: State, solver: Solver, *, args: Sequence
                         f"got {type(adjoint).__name__}")
     if not isinstance(solver, Solver):
         raise TypeError(f"solver must be a pycdeq Solver (e.g. Anderson(), Tsit5()), got {type(solver).__name__}")
-    packer, flat_fn, start, args = _prepare(fn, z0, args)
+    packer, flat_fn, start, batch_args = _prepare(fn, z0, args)
     if torch.is_grad_enabled():
-        record, z, stats, extra_nfe = adjoint.attach(solver, flat_fn, start, args)
+        record, z, stats, extra_nfe = adjoint.attach(solver, flat_fn, start, batch_args)
     else:
-        record = solver.solve_flat(flat_fn, start, args)
+        record = solver.solve_flat(flat_fn, start, batch_args)
         z, stats, extra_nfe = record.z, None, 0
     return Solution.from_record(record, z=packer.unpack(z), z0=z0, extra_nfe=extra_nfe, adjoint=stats)
 
@@ -81,10 +83,10 @@ def unroll(fn: Callable[..., State], z0: State, depth: int, termination: Termina
     ``||fn(z_{d-1}) - z_{d-1}||`` (no extra call), and a sample counts as converged if it
     passes ``termination`` there."""
     _checks.positive_int("depth", depth)
-    packer, flat_fn, _, args = _prepare(fn, z0, args)
+    packer, flat_fn, _, batch_args = _prepare(fn, z0, args)
     previous = z = packer.pack(z0)
     for _ in range(depth):
-        previous, z = z, flat_fn(z, *args)
+        previous, z = z, flat_fn(z, *batch_args)
     residual = termination.sample_norm(z - previous).detach()
     converged = termination.converged(residual, termination.sample_norm(z).detach())
     status = torch.where(converged, Status.CONVERGED, Status.MAX_ITERS).to(torch.int8)

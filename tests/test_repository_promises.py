@@ -3,6 +3,7 @@
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,26 @@ def test_ci_runs_the_readme_test_command_verbatim():
     assert tests in ci.splitlines()
     assert "PYTHON_JULIAPKG_OFFLINE=yes" in ci
     assert ci.index("pip install -q torch==2.13.0\n") < ci.index(tests)
+
+
+def test_ci_lints_and_type_checks_pycdeq_before_the_tests():
+    tests = _readme_commands()[1]
+    ci = (ROOT / ".ci" / "run").read_text()
+    lines = ci.splitlines()
+    for check in ("python3 -m ruff check pycdeq", "python3 -m mypy pycdeq"):
+        assert check in lines
+        assert ci.index(check) < ci.index(tests)
+    # Both tools come from PyPI by name, pinned in the extra that CI installs.
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    lint = project["optional-dependencies"]["lint"]
+    assert sorted(p.split("==")[0] for p in lint) == ["mypy", "ruff"] and all("==" in p for p in lint)
+    assert '-e ".[lint]"' in ci and ci.index('-e ".[lint]"') < ci.index("python3 -m ruff")
+
+
+def test_the_package_declares_its_inline_types():
+    assert (ROOT / "pycdeq" / "py.typed").is_file()
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert "py.typed" in setuptools["package-data"]["pycdeq"]
 
 
 EXAMPLES = sorted((ROOT / "examples").glob("*.py"))

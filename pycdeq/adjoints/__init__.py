@@ -2,8 +2,8 @@
 options in :mod:`pycdeq.adjoints.methods`."""
 
 from .base import Adjoint, ImplicitAdjoint
-from .stats import AdjointStats, LinearSolveReport
 from .methods import GMRES, JFB, FixedPointAdjoint, Unrolled
+from .stats import AdjointStats, LinearSolveReport
 
 __all__ = ["Adjoint", "ImplicitAdjoint", "AdjointStats", "LinearSolveReport",
            "GMRES", "FixedPointAdjoint", "JFB", "Unrolled"]

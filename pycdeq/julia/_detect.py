@@ -90,7 +90,10 @@ def parse_version(text: str) -> Optional[Version]:
     if len(words) < 3 or words[0].lower() != "julia" or words[1].lower() != "version":
         return None
     match = re.match(r"(\d+)\.(\d+)\.(\d+)", words[2])
-    return tuple(int(g) for g in match.groups()) if match else None
+    if not match:
+        return None
+    major, minor, patch = map(int, match.groups())
+    return major, minor, patch
 
 
 def julia_version(executable: str, timeout: float = VERSION_TIMEOUT_S) -> Tuple[Optional[Version], str]:

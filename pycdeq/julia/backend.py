@@ -25,8 +25,7 @@ import torch
 from . import _runtime
 from .convert import check_labels, from_julia, plan_transfer, to_julia
 from .devices import check_device
-from .params import (flatten_params, load_params_into, model_params, order_from_layout, parse_layout,
-                     unflatten_params)
+from .params import flatten_params, load_params_into, model_params, order_from_layout, parse_layout, unflatten_params
 from .translate import SKIP_WEIGHT, ModelSpec, translate
 
 

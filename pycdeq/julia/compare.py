@@ -112,8 +112,9 @@ def torch_side(model: torch.nn.Module, x: torch.Tensor, cotangent: torch.Tensor,
     features = x.reshape(x.shape[0], -1)
     params = dict(model.named_parameters())
     model.zero_grad(set_to_none=True)
-    z_star, solution = model.deq(model.stem(features))
-    logits = model.head(z_star)
+    stem, deq, head = (model.get_submodule(name) for name in ("stem", "deq", "head"))
+    z_star, solution = deq(stem(features))
+    logits = head(z_star)
     (logits * cotangent).sum().backward()
     gradients = {}
     for name in names:

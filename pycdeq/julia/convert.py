@@ -166,7 +166,10 @@ def _numpy(array: ArrayLike, name: str) -> np.ndarray:
 
 
 def _pair(value) -> Tuple[int, int]:
-    return (value, value) if isinstance(value, int) else tuple(int(v) for v in value)
+    if isinstance(value, int):
+        return value, value
+    first, second = value  # torch's Conv2d stores these as pairs
+    return int(first), int(second)
 
 
 def conv_options_to_lux(conv: nn.Conv2d) -> Dict[str, Any]:
@@ -197,9 +200,12 @@ def batchnorm_to_lux(bn: nn.modules.batchnorm._BatchNorm) -> Dict[str, Any]:
     params = {} if not bn.affine else {
         "scale": to_lux(bn.weight, plan_vector(bn.weight.shape)).copy(),
         "bias": to_lux(bn.bias, plan_vector(bn.bias.shape)).copy()}
-    states = {} if not bn.track_running_stats else {
-        "running_mean": bn.running_mean.detach().numpy().copy(),
-        "running_var": bn.running_var.detach().numpy().copy()}
+    states = {}
+    if bn.track_running_stats:
+        # torch registers the running buffers exactly when it tracks statistics.
+        assert bn.running_mean is not None and bn.running_var is not None
+        states = {"running_mean": bn.running_mean.detach().numpy().copy(),
+                  "running_var": bn.running_var.detach().numpy().copy()}
     options = {"chs": bn.num_features, "epsilon": bn.eps, "momentum": bn.momentum,
                "affine": bn.affine, "track_stats": bn.track_running_stats}
     return {"params": params, "states": states, "options": options}

@@ -31,7 +31,7 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Tuple
+from typing import Any, Dict, List, Tuple
 
 import torch
 from torch import nn
@@ -186,10 +186,10 @@ class ModelSpec:
 
 
 def translate_termination(termination, *, solver_name: str, state_dim: int,
-                          notes: List[str]) -> Dict[str, object]:
+                          notes: List[str]) -> Dict[str, Any]:
     """``Termination`` -> the solver spec's termination fields (see the module docstring)."""
     mode, norm = termination.mode, termination.norm
-    out = {"termination": mode, "norm": norm, "safe": bool(termination.safe),
+    out: Dict[str, Any] = {"termination": mode, "norm": norm, "safe": bool(termination.safe),
            "best": bool(termination.best), "abstol": float(termination.abstol),
            "reltol": float(termination.reltol)}
     if solver_name in NLSOLVE:
@@ -217,10 +217,10 @@ def translate_termination(termination, *, solver_name: str, state_dim: int,
     return out
 
 
-def _ode_fields(method, name: str, notes: List[str]) -> Dict[str, object]:
+def _ode_fields(method, name: str, notes: List[str]) -> Dict[str, Any]:
     if name in FIXED_STEP:
         return {"adaptive": False, "dt": float(method.dt), "maxiters": int(method.max_steps)}
-    fields = {"ode_abstol": float(method.atol), "ode_reltol": float(method.rtol),
+    fields: Dict[str, Any] = {"ode_abstol": float(method.atol), "ode_reltol": float(method.rtol),
               "maxiters": int(method.max_steps), "dtmin": float(method.controller.dt_min)}
     if method.dt0 is not None:
         fields["dt"] = float(method.dt0)
@@ -249,7 +249,7 @@ def translate_solver(solver, *, variant: str, state_dim: int, notes: List[str]) 
                                         notes=notes)
     if continuous:
         return SolverSpec(kind="continuous", name=name, **termination, **_ode_fields(solver, name, notes))
-    options: Dict[str, object] = {"maxiters": int(solver.max_iter)}
+    options: Dict[str, Any] = {"maxiters": int(solver.max_iter)}
     if name == "broyden":
         options["memory"] = int(solver.memory)
         notes.append("L-Broyden: NonlinearSolve's initial inverse Jacobian and resets, not -I")
@@ -355,6 +355,8 @@ def translate(model: nn.Module) -> ModelSpec:
     stem = _linear_relu(model.stem, "stem")
     head = _linear(model.head, "head", bias=True)
     layer = model.deq
+    if not isinstance(layer, nn.Module):
+        raise TranslationError(f"model.deq must be a pycdeq equilibrium layer, got {type(layer).__name__}")
     variant = getattr(layer, "variant", None)
     if variant not in ("vanilla", "skip", "skip_reg", "node"):
         raise TranslationError(f"deq.variant must be vanilla, skip, skip_reg or node, got {variant!r}")

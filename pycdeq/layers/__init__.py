@@ -1,8 +1,14 @@
 """DEQ layers: plain / Skip / Skip Reg. (one ``DEQ`` class), Neural ODE, multiscale."""
 
 from .deq import DEQ, NonConvergenceError, NonConvergenceWarning, SkipDEQ, SkipRegDEQ
-from .multiscale import (MultiScaleDEQ, MultiScaleFunction, MultiScaleNeuralODE, MultiScalePredictor,
-                         MultiScaleSkipDEQ, MultiScaleSkipRegDEQ)
+from .multiscale import (
+    MultiScaleDEQ,
+    MultiScaleFunction,
+    MultiScaleNeuralODE,
+    MultiScalePredictor,
+    MultiScaleSkipDEQ,
+    MultiScaleSkipRegDEQ,
+)
 from .neural_ode import NeuralODE
 from .output import DEQOutput, LayerOutput, NeuralODEOutput
 from .regularizers import JacobianRegularization

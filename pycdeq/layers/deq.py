@@ -114,7 +114,7 @@ class DEQ(nn.Module):
                             output=output, input_gradient=input_gradient)
         self.f = f
         self.g = init if isinstance(init, nn.Module) else None
-        self._init_mode = "skip" if self.g is not None else init
+        self._init_mode = "skip" if isinstance(init, nn.Module) else init
         self.solver = solver
         self.adjoint = adjoint
         self.jacobian_reg = jacobian_reg
@@ -146,6 +146,7 @@ class DEQ(nn.Module):
             z0 = self.f(zeros, x)
             StatePacker(zeros, "the state").check_output(z0, "f(0, x)")
             return z0
+        assert self.g is not None, "init mode 'skip' holds the predictor g"
         z0 = self.g(x)
         StatePacker(zeros, "the state").check_output(z0, "the skip predictor g(x)")
         return z0

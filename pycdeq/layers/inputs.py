@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence, TypeGuard, Union
 
 import torch
 
@@ -13,7 +13,7 @@ from ..solvers.solution import State
 ShapeSpec = Union[Sequence[int], Sequence[Sequence[int]]]
 
 
-def is_multiscale(shape: ShapeSpec) -> bool:
+def is_multiscale(shape: ShapeSpec) -> TypeGuard[Sequence[Sequence[int]]]:
     return len(shape) > 0 and isinstance(shape[0], (tuple, list))
 
 

@@ -52,8 +52,9 @@ class DEQOutput(LayerOutput):
         return self.solution.iterations
 
     @property
-    def z0(self) -> State:
-        """The initial guess the solve started from (``f(0, x)``, ``g(x)`` or zeros)."""
+    def z0(self) -> Optional[State]:
+        """The initial guess the solve started from (``f(0, x)``, ``g(x)`` or zeros; every
+        solve records it, only a hand-built ``Solution`` may lack it)."""
         return self.solution.z0
 
     @property

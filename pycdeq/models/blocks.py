@@ -36,7 +36,7 @@ def conv(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
     layer = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride,
                       padding=kernel_size // 2, bias=bias)
     nn.init.normal_(layer.weight, mean=0.0, std=0.01)
-    if bias:
+    if layer.bias is not None:  # bias=True
         nn.init.zeros_(layer.bias)
     # weight_norm computes g = ||v|| from the weight as it is now, so init must come first.
     return _weight_norm(layer, dim=0) if weight_norm else layer

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Dict, Type, Union
+
 from torch import nn
 
 from .config import ARCHITECTURES, ModelConfig, make_config
-from .mdeq import CIFAR10Large, CIFAR10Small, MNISTConv
+from .mdeq import CIFAR10Large, CIFAR10Small, MDEQClassifier, MNISTConv
 from .mnist_dense import MNISTDense
 
-MODEL_CLASSES = {
+MODEL_CLASSES: Dict[str, Union[Type[MNISTDense], Type[MDEQClassifier]]] = {
     "mnist-dense": MNISTDense,
     "mnist-conv": MNISTConv,
     "cifar10-small": CIFAR10Small,

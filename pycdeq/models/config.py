@@ -14,13 +14,13 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Optional, Tuple, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 from .. import _checks
 from ..layers.deq import OUTPUTS, check_layer_options
 from ..layers.neural_ode import check_node_options
-from ..solvers import DiscreteSolver, ODEMethod, Solver
 from ..layers.regularizers import JacobianRegularization
+from ..solvers import DiscreteSolver, ODEMethod, Solver
 from . import defaults
 
 ARCHITECTURES = ("mnist-dense", "mnist-conv", "cifar10-small", "cifar10-large")
@@ -90,7 +90,7 @@ class MDEQSizes:
 
 # Presets (docs/architectures.md §6, §7; the MNIST conv model is this package's choice, §9:
 # the paper gives no code or count for it, only the scales 8x28x28 and 16x14x14 of the v1 script).
-SIZE_PRESETS = {
+SIZE_PRESETS: Dict[str, Union[DenseSizes, MDEQSizes]] = {
     "mnist-dense": DenseSizes(width=128),
     "mnist-conv": MDEQSizes(channels=(8, 16), expansion=5, dropout=0.0, weight_norm=False,
                             head_channels=(4, 8), final_channels=64),
@@ -99,7 +99,7 @@ SIZE_PRESETS = {
     "cifar10-large": MDEQSizes(channels=(32, 64, 128, 256), expansion=4, dropout=0.3, weight_norm=True,
                                head_channels=(14, 28, 56, 112), final_channels=1680),
 }
-DEFAULT_INPUT_SHAPES = {
+DEFAULT_INPUT_SHAPES: Dict[str, Tuple[int, ...]] = {
     "mnist-dense": (784,),
     "mnist-conv": (1, 28, 28),
     "cifar10-small": (3, 32, 32),
@@ -179,7 +179,8 @@ class ModelConfig:
         if len(shape) != 3:
             raise ValueError(f"input_shape of {self.architecture!r} must be (channels, height, width), got {shape}")
         # Each scale halves the resolution; nearest upsampling must land on the finer size.
-        factor = 2 ** (self.sizes.downsample_times + self.sizes.num_scales - 1)
+        sizes = self.mdeq_sizes
+        factor = 2 ** (sizes.downsample_times + sizes.num_scales - 1)
         if shape[1] % factor or shape[2] % factor:
             raise ValueError(f"input_shape {shape}: height and width must be divisible by {factor} "
                              f"(2**(downsample_times + num_scales - 1)) for {self.architecture!r}")
@@ -209,7 +210,8 @@ class ModelConfig:
     def _check_variant_options(self) -> None:
         # The layers own their options' rules: validate by the same functions they call.
         if self.variant == "node":
-            inapplicable = {"input_gradient": "implicit", "on_nonconvergence": "warn", "jacobian_reg": None}
+            inapplicable: Dict[str, object] = {"input_gradient": "implicit", "on_nonconvergence": "warn",
+                                               "jacobian_reg": None}
             check_node_options(t1=self.t1, rhs=self.rhs, adjoint=self.adjoint)
         else:
             inapplicable = {"t1": 1.0, "rhs": "f_minus_z"}
@@ -222,24 +224,48 @@ class ModelConfig:
                                  f"leave it at its default {default!r}")
 
     # --- derived quantities ---------------------------------------------------------------
+    # The typed views below read the fields that __post_init__ resolved: ``sizes`` and
+    # ``input_shape`` are never None on a constructed config.
     @property
     def is_dense(self) -> bool:
         return isinstance(self.sizes, DenseSizes)
 
     @property
+    def dense_sizes(self) -> DenseSizes:
+        """``sizes`` of the dense architecture (``AttributeError`` for a multiscale one)."""
+        if not isinstance(self.sizes, DenseSizes):
+            raise AttributeError(f"{self.architecture!r} is multiscale; its sizes are MDEQSizes")
+        return self.sizes
+
+    @property
+    def mdeq_sizes(self) -> MDEQSizes:
+        """``sizes`` of a multiscale architecture (``AttributeError`` for the dense one)."""
+        if not isinstance(self.sizes, MDEQSizes):
+            raise AttributeError(f"{self.architecture!r} is not multiscale; its sizes are DenseSizes")
+        return self.sizes
+
+    @property
+    def resolved_input_shape(self) -> Tuple[int, ...]:
+        """``input_shape`` as resolved at construction (the architecture's default for ``None``)."""
+        assert self.input_shape is not None, "input_shape is resolved in __post_init__"
+        return self.input_shape
+
+    @property
     def in_features(self) -> int:
         """Flattened input size (the dense model's first layer)."""
-        return math.prod(self.input_shape)
+        return math.prod(self.resolved_input_shape)
 
     @property
     def scales(self) -> Tuple[Tuple[int, int, int], ...]:
         """Per-scale state shapes ``(C_i, H / 2**(dt + i - 1), W / 2**(dt + i - 1))`` (MDEQ only)."""
         if self.is_dense:
-            raise AttributeError(f"{self.architecture!r} has a single-scale state of width {self.sizes.width}")
-        _, height, width = self.input_shape
-        base = 2 ** self.sizes.downsample_times
+            raise AttributeError(f"{self.architecture!r} has a single-scale state of width "
+                                 f"{self.dense_sizes.width}")
+        _, height, width = self.resolved_input_shape
+        sizes = self.mdeq_sizes
+        base = 2 ** sizes.downsample_times
         return tuple((c, height // (base * 2 ** i), width // (base * 2 ** i))
-                     for i, c in enumerate(self.sizes.channels))
+                     for i, c in enumerate(sizes.channels))
 
     def layer_options(self) -> dict:
         """Keyword arguments for the equilibrium layer (DEQ family or NeuralODE)."""

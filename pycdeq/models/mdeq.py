@@ -32,7 +32,7 @@ that call, so the solver sees one fixed map.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import ClassVar, Optional
 
 import torch
 from torch import nn
@@ -56,7 +56,7 @@ class MDEQClassifier(nn.Module):
     """
 
     #: Set by the preset subclasses; ``None`` accepts any multiscale architecture.
-    architecture = None
+    architecture: ClassVar[Optional[str]] = None
 
     def __init__(self, config: Optional[ModelConfig] = None, **options):
         super().__init__()
@@ -64,9 +64,10 @@ class MDEQClassifier(nn.Module):
         if config.is_dense:
             raise ValueError(f"{config.architecture!r} is not a multiscale architecture; use MNISTDense")
         self.config = config
-        sizes = config.sizes
+        sizes = config.mdeq_sizes
         channels = sizes.channels
-        self.stem = blocks.stem(config.input_shape[0], channels[0], downsample_times=sizes.downsample_times,
+        in_channels = config.resolved_input_shape[0]
+        self.stem = blocks.stem(in_channels, channels[0], downsample_times=sizes.downsample_times,
                                 num_scales=sizes.num_scales)
         main = [blocks.ResidualBlock(c, c, expansion=sizes.expansion, dropout=sizes.dropout,
                                      weight_norm=sizes.weight_norm) for c in channels]
@@ -91,7 +92,7 @@ class MDEQClassifier(nn.Module):
             module.reset_mask()
 
     def forward(self, images: torch.Tensor):
-        expected = self.config.input_shape
+        expected = self.config.resolved_input_shape
         if not isinstance(images, torch.Tensor) or images.dim() != 4 or tuple(images.shape[1:]) != expected:
             got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
             raise ValueError(f"images must have shape (N, {', '.join(map(str, expected))}), got {got}")

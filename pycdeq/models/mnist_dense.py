@@ -70,7 +70,7 @@ class MNISTDense(nn.Module):
             raise ValueError(f"in_features={in_features} contradicts input_shape={config.input_shape} "
                              f"({config.in_features} features); give one of them")
         self.config = config
-        width = config.sizes.width
+        width = config.dense_sizes.width
         self.stem = nn.Sequential(_glorot_linear(config.in_features, width), nn.ReLU())
         f = DenseInjection(width)
         g = nn.Sequential(_glorot_linear(width, width), nn.ReLU()) if config.variant == "skip" else None

@@ -26,6 +26,7 @@ def equilibrium_layer(config: ModelConfig, f: nn.Module, g: Optional[nn.Module])
 
         return NeuralODE(f, config.solver, **options)
     if config.variant == "skip":
+        assert g is not None  # checked above: variant 'skip' comes with g
         return SkipDEQ(f, g, config.solver, **options)
     if config.variant == "skip_reg":
         return SkipRegDEQ(f, config.solver, **options)

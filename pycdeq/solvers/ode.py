@@ -19,8 +19,9 @@ steady-state tolerance (``abstol`` in mode ``"abs"``, ``reltol`` in ``"rel"``, t
 the two in ``"norm"``), ``max(rtol, atol) * TOLERANCE_MARGIN <= tau`` (``TOLERANCE_MARGIN = 2``).
 When ``termination`` is omitted it is ``Termination(mode="abs", abstol=5 * max(rtol, atol),
 norm="max")``, and where pycdeq picks the integrator for a given steady-state tolerance (the
-paper's models, the estimator) it picks ``tau / 5`` (:func:`integrator_tolerance`): stop when every element of ``fn(z) - z`` is within ``tau`` (the prototype's
-1e-3 / 5e-3 pairing). Absolute and element-wise because a relative test is fooled by a large
+paper's models, the estimator) it picks ``tau / 5`` (:func:`integrator_tolerance`): stop
+when every element of ``fn(z) - z`` is within ``tau`` (the prototype's 1e-3 / 5e-3
+pairing). Absolute and element-wise because a relative test is fooled by a large
 constant component (its ``||fn(z)||`` passes the test at ``t = 0``: diffrax #448) and an
 ``l2`` test's meaning changes with the state's size; ``mode="rel"`` (the paper's) remains
 available for states whose components share one scale.
@@ -164,16 +165,16 @@ class AdaptiveMethod(ODEMethod):
         if self.stability_factor is not None:
             _checks.in_range("stability_factor", self.stability_factor, 0.0, 1.0, low_open=True)
         tolerance = max(self.rtol, self.atol)
-        if self.termination is None:
-            object.__setattr__(self, "termination",
-                               Termination(mode="abs", abstol=DEFAULT_TERMINATION_FACTOR * tolerance,
-                                           norm="max"))
+        termination = self.termination
+        if termination is None:
+            termination = Termination(mode="abs", abstol=DEFAULT_TERMINATION_FACTOR * tolerance, norm="max")
+            object.__setattr__(self, "termination", termination)
         _check_common(self)
-        tau = steady_state_tolerance(self.termination)
+        tau = steady_state_tolerance(termination)
         if tolerance * TOLERANCE_MARGIN > tau:
             raise ValueError(
                 f"the integrator tolerance max(rtol, atol) = {tolerance:g} is too loose for the "
-                f"steady-state test (tolerance {tau:g} in mode {self.termination.mode!r}): integration "
+                f"steady-state test (tolerance {tau:g} in mode {termination.mode!r}): integration "
                 f"error keeps the residual above the threshold. Need max(rtol, atol) <= tau / "
                 f"{TOLERANCE_MARGIN:g} = {tau / TOLERANCE_MARGIN:g}; tighten rtol/atol or loosen termination.")
 
@@ -183,7 +184,9 @@ class AdaptiveMethod(ODEMethod):
 
     @property
     def error_order(self) -> int:
-        return self.tableau.error_order
+        order = self.tableau.error_order
+        assert order is not None, f"the adaptive tableau {self.tableau.name} has an error estimate"
+        return order
 
     @property
     def stability_boundary(self) -> float:
@@ -208,8 +211,10 @@ class FixedStepMethod(ODEMethod):
     termination: Termination = field(default_factory=Termination)
     max_steps: int = 1000
 
-    controller: ClassVar[FixedStep] = FixedStep()
-    stability_factor: ClassVar[Optional[float]] = None
+    # Constants of the class, not options: assigned without an annotation, so they are no
+    # dataclass fields and keep the types ODEMethod declares for them.
+    controller = FixedStep()
+    stability_factor = None
     tableau: ClassVar[ButcherTableau]
 
     def __post_init__(self):

@@ -51,7 +51,7 @@ class StatePacker:
     # The batch size is read from the tensors, not fixed at construction: a compacting solver
     # (``compact=True``) evaluates ``fn`` on the rows still running only.
     def pack(self, z: State) -> torch.Tensor:
-        if not self.is_tuple:
+        if isinstance(z, torch.Tensor):  # a single-tensor state (check_output has matched the structure)
             return z.reshape(z.shape[0], self.dim)
         return torch.cat([p.reshape(p.shape[0], -1) for p in z], dim=1)
 
@@ -59,7 +59,7 @@ class StatePacker:
         batch = flat.shape[0]
         if not self.is_tuple:
             return flat.view(batch, *self.shapes[0])
-        parts = torch.split(flat, self.sizes, dim=1)
+        parts = flat.split(self.sizes, dim=1)
         return tuple(p.reshape(batch, *s) for p, s in zip(parts, self.shapes))
 
     def check_output(self, out: State, fn_name: str = "fn", batch: int | None = None) -> None:

@@ -99,6 +99,7 @@ class RungeKutta:
             y_prev_stage, y_new = y_new, y_stage
         if self._fsal:
             # The last stage was evaluated at y + h sum_j b_j k_j = y_new: reuse it.
+            assert y_new is not None, "an FSAL tableau has two or more stages"
             k_new = ks[-1]
         else:
             y_new = torch.addcmul(y, h, _weighted_sum(self._b, ks))

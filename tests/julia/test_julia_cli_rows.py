@@ -24,8 +24,8 @@ def test_julia_rows_have_the_keys_of_the_torch_rows(tmp_path, fake_bridge):
     from pycdeq.cli.runner import ExperimentRunner
     from pycdeq.data import load_dataset
 
-    experiment = dataclasses.replace(
-        EXPERIMENTS["default"], name="j", dataset="synthetic", variants=("skip_reg",), epochs=1, seeds=(0,),
+    experiment = EXPERIMENTS["default"].replace(
+        name="j", dataset="synthetic", variants=("skip_reg",), epochs=1, seeds=(0,),
         dataset_options={"shape": (1, 4, 4), "n_train": 16, "n_test": 8}, model_options={"width": 8})
     data = load_dataset("synthetic", shape=(1, 4, 4), n_train=16, n_test=8)
     runner = ExperimentRunner(experiment, tmp_path, progress=False)

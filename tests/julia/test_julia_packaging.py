@@ -113,6 +113,7 @@ def test_wheel_ships_juliapkg_json_and_the_bridge_sources(tmp_path):
     for part in ("Project.toml", "src/PycdeqBridge.jl", "src/models.jl", "src/solvers.jl",
                  "src/training.jl", "src/interop.jl"):
         assert f"{bridge}/{part}" in names, part
+    assert "pycdeq/py.typed" in names  # PEP 561: type checkers read pycdeq's inline types
     if importlib.util.find_spec("juliapkg") is not None:
         # juliapkg scans `<sys.path entry>/<package>/juliapkg.json`: the installed copy is found.
         probe = ("import juliapkg.deps, json; print(json.dumps(juliapkg.deps.deps_files()))")

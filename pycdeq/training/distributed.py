@@ -105,10 +105,10 @@ class DistributedContext:
 # --- setup ---------------------------------------------------------------------------------
 
 def _environment_int(name: str) -> int:
-    text = os.environ.get(name)
+    text = os.environ.get(name, "")
     try:
         return int(text)
-    except (TypeError, ValueError):
+    except ValueError:
         raise ValueError(f"environment variable {name}={text!r} must be an integer (set by torchrun)") from None
 
 
@@ -167,8 +167,7 @@ def init_from_environment(device: Union[str, torch.device, None] = None, *, back
     if dist.is_initialized():
         chosen = dist.get_backend()
     else:
-        options = {} if timeout is None else {"timeout": timeout}
-        dist.init_process_group(chosen, rank=rank, world_size=world_size, **options)
+        dist.init_process_group(chosen, rank=rank, world_size=world_size, timeout=timeout)
     return DistributedContext(rank=rank, local_rank=local_rank, world_size=world_size, device=target,
                               backend=chosen)
 

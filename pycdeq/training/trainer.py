@@ -26,8 +26,19 @@ from ..layers.deq import DEQ, NonConvergenceWarning
 from ..solvers.solution import Status
 from .checkpoint import check_identity, load_checkpoint, run_identity, save_checkpoint
 from .config import TrainConfig, check_device
-from .distributed import (DistributedContext, all_gather_object, all_reduce_max, all_reduce_sum, barrier,
-                          decided_by_main, rank_seed, shard_indices, shard_size, unwrap, wrap_model)
+from .distributed import (
+    DistributedContext,
+    all_gather_object,
+    all_reduce_max,
+    all_reduce_sum,
+    barrier,
+    decided_by_main,
+    rank_seed,
+    shard_indices,
+    shard_size,
+    unwrap,
+    wrap_model,
+)
 from .metrics import EpochMetrics, EvalMetrics, RunResult, synchronized_clock
 
 Data = Union[Tuple[torch.Tensor, torch.Tensor], object]
@@ -210,11 +221,12 @@ class Trainer:
         # Global figures: sums over every rank's batches; times of the slowest rank.
         train_time, backward_time = all_reduce_max([self.train_time, backward_time / max(batches, 1)],
                                                    self.distributed)
-        loss_sum, correct, seen, nfe_sum, batches = all_reduce_sum([loss_sum, correct, seen, nfe_sum, batches],
-                                                                    self.distributed)
-        return EpochMetrics(epoch=self.epoch, step=self.step, lr=lr, train_loss=loss_sum / max(seen, 1),
-                            train_accuracy=correct / max(seen, 1), train_nfe=nfe_sum / max(batches, 1),
-                            train_time=train_time, backward_time=backward_time)
+        total_loss, total_correct, total_seen, total_nfe, total_batches = all_reduce_sum(
+            [loss_sum, correct, seen, nfe_sum, batches], self.distributed)
+        return EpochMetrics(epoch=self.epoch, step=self.step, lr=lr, train_loss=total_loss / max(total_seen, 1),
+                            train_accuracy=total_correct / max(total_seen, 1),
+                            train_nfe=total_nfe / max(total_batches, 1), train_time=train_time,
+                            backward_time=backward_time)
 
     # --- evaluation --------------------------------------------------------------------
     @torch.no_grad()
@@ -244,10 +256,10 @@ class Trainer:
                 batches += 1
         self.model.train(was_training)
         n = x.shape[0]
-        loss_sum, correct, nonconverged, nfe_sum, batches, predict_time = all_reduce_sum(
+        total_loss, total_correct, total_nonconverged, total_nfe, total_batches, total_predict = all_reduce_sum(
             [loss_sum, correct, nonconverged, nfe_sum, batches, predict_time], self.distributed)
-        return EvalMetrics(accuracy=correct / n, loss=loss_sum / n, nfe=nfe_sum / batches,
-                           nonconverged_fraction=nonconverged / n, predict_time=predict_time / batches,
+        return EvalMetrics(accuracy=total_correct / n, loss=total_loss / n, nfe=total_nfe / total_batches,
+                           nonconverged_fraction=total_nonconverged / n, predict_time=total_predict / total_batches,
                            samples=n)
 
     @torch.no_grad()

@@ -50,7 +50,7 @@ def _seed_list(text: str) -> List[int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``pycdeq`` parser (its ``run`` subparser is ``parser.run_parser``)."""
+    """The ``pycdeq`` parser (``args.run_parser`` is its ``run`` subparser after parsing ``run``)."""
     from .. import __version__
     from ..data import DATASETS
 
@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also train each run with the Julia backend and add its rows")
     output.add_argument("--no-progress", action="store_true", help="no progress bars")
     output.add_argument("--debug", action="store_true", help="print the traceback of a failure")
-    parser.run_parser = run  # its usage line prefixes run-specific errors
+    run.set_defaults(run_parser=run)  # its usage line prefixes run-specific errors
     return parser
 
 
@@ -166,7 +166,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         for name, experiment in EXPERIMENTS.items():
             print(f"{name:15s} {experiment.description}")
         return EXIT_OK
-    run_parser = parser.run_parser
+    run_parser = args.run_parser
     try:
         experiment = configure(args)
     except (ConfigError, ValueError, TypeError) as error:

@@ -71,11 +71,13 @@ class RunRecord:
     def metrics(self) -> Dict[str, float]:
         """The paper's per-run numbers (see the module docstring)."""
         final = self.final
-        backward = [h["backward_time"] for h in self.history]
+        if final is None:
+            raise ValueError(f"run record {self.variant} seed {self.seed} has no finished epoch")
+        backward: List[Optional[float]] = [h["backward_time"] for h in self.history]
         nonconverged = final["test_nonconverged_fraction"]
         return {"accuracy": 100.0 * final["test_accuracy"], "nfe": final["test_nfe"],
                 "train_time": final["train_time"], "train_s_per_batch": final["train_time"] / max(final["step"], 1),
-                "backward_s_per_batch": None if None in backward else sum(backward) / len(backward),
+                "backward_s_per_batch": _mean_or_none(backward),
                 "predict_s_per_batch": final["test_predict_time"],
                 "nonconverged_percent": None if nonconverged is None else 100.0 * nonconverged}
 
@@ -84,15 +86,21 @@ METRICS = ("accuracy", "nfe", "train_time", "train_s_per_batch", "backward_s_per
            "nonconverged_percent")
 
 
+def _mean_or_none(values: Sequence[Optional[float]]) -> Optional[float]:
+    """The mean, or None when any value is missing (a backend that does not report it)."""
+    known = [v for v in values if v is not None]
+    return sum(known) / len(known) if known and len(known) == len(values) else None
+
+
 def _mean_std(values: Sequence[Optional[float]]):
     """Mean and sample std; a metric a backend does not report (None) stays None."""
-    values = [v for v in values if v is not None]
-    if not values:
+    known = [v for v in values if v is not None]
+    if not known:
         return None, None
-    mean = sum(values) / len(values)
-    if len(values) < 2:
+    mean = sum(known) / len(known)
+    if len(known) < 2:
         return mean, None
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in known) / (len(known) - 1))
 
 
 def summarize(experiment: Experiment, records: Sequence[RunRecord]) -> List[dict]:
@@ -101,7 +109,7 @@ def summarize(experiment: Experiment, records: Sequence[RunRecord]) -> List[dict
     for backend in dict.fromkeys(r.backend for r in records):
         for variant in experiment.variants:
             done = [r for r in records if r.backend == backend and r.variant == variant
-                    and r.status == "complete" and r.history and "test_accuracy" in r.final]
+                    and r.status == "complete" and r.final is not None and "test_accuracy" in r.final]
             if not done:
                 continue
             label = VARIANT_NAMES[variant] + ("" if backend == "pytorch" else f" ({backend})")

@@ -168,7 +168,11 @@ class ExperimentRunner:
     def _epochs(self, data) -> int:
         t = self.experiment.train
         batches = math.ceil(shard_size(len(data.train), self.distributed) / t.batch_size)  # per process
-        return t.epochs if t.steps is None else min(t.epochs or math.inf, math.ceil(t.steps / batches))
+        if t.steps is None:
+            assert t.epochs is not None, "TrainConfig sets epochs or steps"
+            return t.epochs
+        by_steps = math.ceil(t.steps / batches)
+        return by_steps if t.epochs is None else min(t.epochs, by_steps)
 
     # --- running -------------------------------------------------------------------------
     def run(self) -> List[dict]:

@@ -20,12 +20,13 @@ import socket
 import tempfile
 import time
 from pathlib import Path
-from typing import Optional, Union
+from typing import IO, Optional, Union
 
 try:  # POSIX only; see the module docstring
-    import fcntl
+    import fcntl as _fcntl
 except ImportError:  # pragma: no cover - Windows
-    fcntl = None
+    _fcntl = None  # type: ignore[assignment]  # no locking module on this platform
+fcntl = _fcntl
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -67,7 +68,7 @@ class FolderLock:
 
     def __init__(self, folder: PathLike, name: str = ".pycdeq.lock"):
         self.path = Path(folder) / name
-        self._handle = None
+        self._handle: Optional[IO[str]] = None
 
     @property
     def held(self) -> bool:

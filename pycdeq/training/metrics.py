@@ -26,8 +26,8 @@ def synchronized_clock(device: torch.device) -> float:
 class EvalMetrics:
     accuracy: float
     loss: float
-    nfe: float  #: mean forward nfe per batch
-    nonconverged_fraction: float  #: samples whose solve did not converge / samples
+    nfe: Optional[float]  #: mean forward nfe per batch (None: a backend that does not report it)
+    nonconverged_fraction: Optional[float]  #: samples whose solve did not converge / samples (None: not reported)
     predict_time: float  #: mean seconds per batch
     samples: int
 
@@ -38,10 +38,10 @@ class EpochMetrics:
     step: int
     lr: float
     train_loss: float
-    train_accuracy: float
-    train_nfe: float
+    train_accuracy: Optional[float]  #: None where a backend does not report it (the Julia rows)
+    train_nfe: Optional[float]
     train_time: float  #: cumulative seconds of training steps up to this epoch
-    backward_time: float  #: mean seconds of backward per batch in this epoch
+    backward_time: Optional[float]  #: mean seconds of backward per batch in this epoch
     test: Optional[EvalMetrics] = None
 
     def to_dict(self) -> dict:

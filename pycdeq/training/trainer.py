@@ -66,10 +66,11 @@ def _nonconverged(solution) -> torch.Tensor:
 class Trainer:
     """Fits and evaluates a model according to a :class:`TrainConfig`."""
 
-    def __init__(self, model: nn.Module, config: TrainConfig = TrainConfig(), *, rank: int = 0,
+    def __init__(self, model: nn.Module, config: Optional[TrainConfig] = None, *, rank: int = 0,
                  checkpoint_path: Optional[Union[str, Path]] = None,
                  on_epoch: Optional[Callable[[EpochMetrics], None]] = None,
                  distributed: Optional[DistributedContext] = None):
+        config = TrainConfig() if config is None else config
         if not isinstance(config, TrainConfig):
             raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
         self.config = config
@@ -136,11 +137,13 @@ class Trainer:
         c = self.config
         x, y = _tensors(train, "train")
         batches_per_epoch = math.ceil(shard_size(x.shape[0], self.distributed) / c.batch_size)
-        total_steps = c.steps or c.epochs * batches_per_epoch
-        if resume and self.checkpoint_path is None:
+        # TrainConfig guarantees steps or epochs is set.
+        total_steps = c.steps if c.steps is not None else (c.epochs or 0) * batches_per_epoch
+        checkpoint = self.checkpoint_path
+        if resume and checkpoint is None:
             raise ValueError("resume=True needs the Trainer's checkpoint_path")
-        if resume and decided_by_main(self.checkpoint_path.exists, self.distributed):
-            self.load(self.checkpoint_path)
+        if resume and checkpoint is not None and decided_by_main(checkpoint.exists, self.distributed):
+            self.load(checkpoint)
         else:
             torch.manual_seed(rank_seed(c.seed, self.distributed.rank))
         bar = tqdm(total=total_steps, initial=self.step, disable=not c.progress or self.rank != 0,
@@ -174,7 +177,8 @@ class Trainer:
         c = self.config
         self.model.train()
         order = shard_indices(torch.randperm(x.shape[0], generator=self.generator), self.distributed)
-        loss_sum = correct = seen = nfe_sum = batches = 0
+        loss_sum = 0.0
+        correct = seen = nfe_sum = batches = 0
         backward_time = 0.0
         for start in range(0, order.shape[0], c.batch_size):
             if self.step >= total_steps:
@@ -335,8 +339,8 @@ class Trainer:
 
 def _numpy_rng_state() -> dict:
     # NumPy's legacy state is a tuple holding an ndarray, which weights_only loading refuses.
-    kind, keys, position, has_gauss, cached = np.random.get_state()
-    return {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
+    kind, keys, position, has_gauss, cached = np.random.get_state(legacy=True)
+    return {"kind": kind, "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "position": int(position),
             "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
 
 

@@ -20,7 +20,7 @@ def state_bound(z: torch.Tensor, q: torch.Tensor, terms: int) -> torch.Tensor:
     """Per sample: how far a flat ``(batch, dim)`` result may move under other kernels,
     ``10 terms eps ||z|| / (1 - q)`` for sums of ``terms`` terms and contraction rates ``q``."""
     eps = torch.finfo(z.dtype).eps
-    return 10 * terms * eps * torch.linalg.vector_norm(z, dim=1) / (1 - q)
+    return 10 * terms * eps * torch.linalg.vector_norm(z.detach(), dim=1) / (1 - q)
 
 
 def assert_same_stop(k_a: int, k_b: int, residuals_a, residuals_b, tol: float, band: float) -> None:

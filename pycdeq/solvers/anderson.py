@@ -15,6 +15,11 @@ Gram row ``R r_new``, which keeps ``R R^T`` up to date incrementally, and the mi
 and the small systems, solved together on the device with ``torch.linalg.solve_ex``, which
 neither raises nor syncs on a singular matrix, so a sample that went NaN cannot stop the
 others. For large states the two passes are memory-bound: about ``2 m`` state-sized reads.
+
+Under float16/bfloat16 the solver's own arithmetic (history, Gram matrix, small systems)
+runs in float32, as GMRES does under mixed precision: the LU solve has no half kernels on
+CPU, and a Gram entry ``||r||^2`` overflows float16 (max 65504) for a residual of 0.1 per
+element over 6.6e6 elements, or of 1 over 65536. ``fn`` still sees its own dtype.
 """
 
 from __future__ import annotations
@@ -45,23 +50,25 @@ class Anderson(DiscreteSolver):
     def init(self, z0, fz0):
         batch, dim = z0.shape
         m = self.m
+        work = torch.float32 if z0.dtype in (torch.float16, torch.bfloat16) else z0.dtype
         # The bordered matrix [[0, 1^T], [1, 0]] and the right-hand side e_0, built once;
         # each step copies the leading (n+1) block and adds the regularised Gram matrix.
-        border = z0.new_zeros(batch, m + 1, m + 1)
+        border = z0.new_zeros(batch, m + 1, m + 1, dtype=work)
         border[:, 0, 1:] = 1
         border[:, 1:, 0] = 1
-        e0 = z0.new_zeros(batch, m + 1)
+        e0 = z0.new_zeros(batch, m + 1, dtype=work)
         e0[:, 0] = 1
         state = {
             # Ring buffers of past values fn(x_i) and residuals r_i = fn(x_i) - x_i. Storing
             # fn(x_i) rather than x_i makes the beta = 1 step a single product, sum alpha_i fn(x_i);
             # x_i + beta r_i = fn(x_i) - (1 - beta) r_i. Only slots already written are read.
-            "f": z0.new_empty(batch, m, dim),
-            "r": z0.new_empty(batch, m, dim),
-            "gram": z0.new_zeros(batch, m, m),  # r r^T, kept incrementally
+            "f": z0.new_empty(batch, m, dim, dtype=work),
+            "r": z0.new_empty(batch, m, dim, dtype=work),
+            "gram": z0.new_zeros(batch, m, m, dtype=work),  # r r^T, kept incrementally
             "border": border,
             "e0": e0,
             "count": 0,
+            "dtype": z0.dtype,  # of the proposals: fn's own
         }
         self.update(state, z0, fz0, None)
         return state
@@ -71,7 +78,7 @@ class Anderson(DiscreteSolver):
         n = min(state["count"] + 1, self.m)
         state["f"] = write_slot(state["f"], slot, fz)
         if torch.is_grad_enabled() and (z.requires_grad or fz.requires_grad or state["r"].requires_grad):
-            residual = fz - z
+            residual = (fz - z).to(state["r"].dtype)
             state["r"] = write_slot(state["r"], slot, residual)
         else:  # straight into the ring buffer: no temporary, no copy
             residual = torch.sub(fz, z, out=state["r"][:, slot])
@@ -94,4 +101,4 @@ class Anderson(DiscreteSolver):
         mixed = history_combine(alpha, state["f"][:, :n])
         if self.beta != 1.0:
             mixed = mixed - (1.0 - self.beta) * history_combine(alpha, state["r"][:, :n])
-        return mixed
+        return mixed.to(state["dtype"])

@@ -8,8 +8,26 @@ used by MDEQ and DeepEquilibriumNetworks.jl's L-Broyden. With ``dz = z_k - z_{k-
     v = H^T dz,    u = (dz - H dg) / (v . dg),
 
 and the next step is ``z_{k+1} = z_k - H g_k``. Only the last ``memory`` pairs are kept (a
-ring buffer). A sample whose denominator ``v . dg`` is tiny (a stalled or frozen sample)
-skips its update instead of dividing by ~0.
+ring buffer).
+
+Two guards keep rounding from posing as convergence. A residual ``fn(z) - z`` can round to
+0 far from any fixed point (for ``z -> z + 0.1`` in float32, once ``|z| > 2e6``); a
+quasi-Newton step that is ``1 / eps`` times the residual gets there at once.
+
+* A sample skips its update (keeps ``H``) when ``dg`` is within the rounding noise of ``g``,
+  ``eps (||fn(z)|| + ||fn(z_old)||)`` (``fn``'s outputs are rounded to the dtype), while
+  ``dz`` is not: such a pair says ``dg / dz ~ 0`` on no evidence (a map with no fixed point
+  such as ``z + c``), and the secant condition ``H dg = dz`` would make ``H`` of size about
+  ``1 / eps``. A pair wholly at the rounding scale is kept: ``H`` changes by ``O(1)``, and
+  such pairs still lead to an exact floating-point fixed point when the tolerance asks for
+  one. It also skips when the denominator ``v . dg`` is tiny against ``||dz|| ||dg||`` (a
+  stalled or frozen sample): no division by ~0.
+* The step ``-H g`` is capped at ``||g|| / sqrt(eps)`` (scaled down, not dropped). After
+  ``k`` steps ``eps ||z_k - z_0|| <= k sqrt(eps) max ||g||``: the rounding scale of ``z``
+  stays below the residual for ``k`` well under ``1 / sqrt(eps)`` (2896 in float32), so
+  the residual cannot vanish by rounding; a legitimate step that long needs
+  ``||(I - dfn/dz)^-1|| > 1 / sqrt(eps)``, a problem too ill-conditioned for the dtype, and
+  is only slowed down (several capped steps in the same direction).
 
 Cost per step beyond the ``fn`` call: four products with the ``n <= memory`` stored pairs,
 each a pass over ``U`` or ``V`` with one vector per sample: ``V^T g`` and ``V (U^T dz)``, then
@@ -65,6 +83,7 @@ class Broyden(DiscreteSolver):
             "h_g": h_g,  # H g; the solver's own tensor, overwritten in place without autograd
             "proposal": z0 - h_g,
             "u_dz": None,  # U^T (proposal - z), once U holds pairs
+            "fz_norm": torch.linalg.vector_norm(fz0, dim=1),  # per sample: g's rounding scale
             "count": 0,
         }
 
@@ -74,30 +93,32 @@ class Broyden(DiscreteSolver):
     def update(self, state, z, fz, active) -> None:
         u, v, slots, count = state["u"], state["v"], state["slots"], state["count"]
         ring = (min(count, slots), count % slots, count >= slots)  # pairs, slot to write, full
-        old = (state["z"], state["fz"], state["h_g"], state["u_dz"])
+        old = (state["z"], state["fz"], state["h_g"], state["u_dz"], state["fz_norm"])
         batch, dim = z.shape
         rows = batch
         if z.device.type == "cpu" and not torch.is_grad_enabled():  # blocks write in place
             rows = max(1, ROW_BYTES // (dim * z.element_size()))
         if rows >= batch:
-            u, v, h_g, proposal, u_dz = _update_rows(u, v, *ring, z, fz, *old, active)
+            u, v, h_g, proposal, u_dz, fz_norm = _update_rows(u, v, *ring, z, fz, *old, active)
         else:
             h_g, proposal, parts = state["h_g"], torch.empty_like(z), []
             for start in range(0, batch, rows):
                 r = slice(start, start + rows)
                 old_rows = (x if x is None else x[r] for x in old)
                 parts.append(_update_rows(u[r], v[r], *ring, z[r], fz[r], *old_rows, active[r],
-                                          out=proposal[r])[-1])
-            u_dz = torch.cat(parts)
-        state.update(u=u, v=v, h_g=h_g, proposal=proposal, u_dz=u_dz, count=count + 1, z=z, fz=fz)
+                                          out=proposal[r])[-2:])
+            u_dz, fz_norm = (torch.cat(p) for p in zip(*parts))
+        state.update(u=u, v=v, h_g=h_g, proposal=proposal, u_dz=u_dz, count=count + 1, z=z, fz=fz,
+                     fz_norm=fz_norm)
 
 
-def _update_rows(u, v, n, slot, full, z, fz, z_old, fz_old, h_g_old, u_dz, active, out=None):
+def _update_rows(u, v, n, slot, full, z, fz, z_old, fz_old, h_g_old, u_dz, fz_norm_old, active, out=None):
     """The update of a block of rows (or of all rows): ``n`` pairs are stored, the new one
-    goes to ``slot`` (``full``: over the oldest); ``h_g_old = H g_old`` and ``u_dz = U^T dz``
-    (``None`` while ``n == 0``). Returns ``u``, ``v`` (see :func:`write_slot`), ``H_new g``,
-    the next iterate ``z - H_new g`` (into ``out`` if given) and ``U_new^T`` times its step.
-    Without autograd ``H_new g`` overwrites ``h_g_old``."""
+    goes to ``slot`` (``full``: over the oldest); ``h_g_old = H g_old``, ``u_dz = U^T dz``
+    (``None`` while ``n == 0``) and ``fz_norm_old = ||fz_old||`` per sample. Returns ``u``,
+    ``v`` (see :func:`write_slot`), ``H_new g``, the next iterate ``z - H_new g`` (into ``out``
+    if given), ``U_new^T`` times its step and ``||fz||``. Without autograd ``H_new g``
+    overwrites ``h_g_old``."""
     # Without autograd, results overwrite temporaries that are no longer needed: fresh
     # memory for each would be slower than memory still in cache.
     reuse = (lambda t: None) if torch.is_grad_enabled() else (lambda t: t)
@@ -118,10 +139,15 @@ def _update_rows(u, v, n, slot, full, z, fz, z_old, fz_old, h_g_old, u_dz, activ
     else:
         v_new, h_g, h_dg = -dz, -g, -dg
     denominator = torch.linalg.vecdot(v_new, dg)
-    norms = torch.linalg.vector_norm(dz, dim=1) * torch.linalg.vector_norm(dg, dim=1)
-    tiny = torch.finfo(z.dtype).eps * norms
+    eps = torch.finfo(z.dtype).eps
+    dz_norm = torch.linalg.vector_norm(dz, dim=1)
+    dg_norm = torch.linalg.vector_norm(dg, dim=1)
+    fz_norm = torch.linalg.vector_norm(fz, dim=1)
+    # An informative pair (see the module docstring), and no division by ~0.
+    noise = eps * (fz_norm + fz_norm_old)
+    informative = (dg_norm > noise) | (dz_norm <= noise)
     size = denominator.abs()
-    usable = active & (size > tiny) & (size < _INF)  # NaN fails both comparisons
+    usable = active & informative & (size > eps * dz_norm * dg_norm) & (size < _INF)  # NaN: False
     safe_denominator = torch.where(usable, denominator, 1.0)
     u_new = torch.sub(dz, h_dg, out=reuse(dz))
     u_new = torch.div(u_new, safe_denominator[:, None], out=reuse(u_new))
@@ -143,8 +169,14 @@ def _update_rows(u, v, n, slot, full, z, fz, z_old, fz_old, h_g_old, u_dz, activ
         h_g = torch.addcmul(h_g, u_keep, torch.linalg.vecdot(v_keep, g)[:, None], value=-1, out=reuse(h_g))
     u = write_slot(u, slot, u_slot)
     v = write_slot(v, slot, v_slot)
-    proposal = torch.sub(z, h_g, out=out)
+    # The step -H g, capped at ||g|| / sqrt(eps) (see the module docstring). A capped step
+    # is scaled, not dropped; scale 1 leaves the step bitwise as it was.
+    g_norm = torch.linalg.vector_norm(g, dim=1)
+    step_norm = torch.linalg.vector_norm(h_g, dim=1)
+    limit = g_norm * (1 / eps) ** 0.5
+    scale = torch.where(step_norm > limit, limit / step_norm, 1.0)  # NaN: scale 1, stays NaN
+    proposal = torch.addcmul(z, h_g, scale[:, None], value=-1, out=out)
     # A running sample's next dz is exactly proposal - z (the loop evaluates the proposal):
     # its U^T dz is computed now, while this block of U is likely still in cache.
     u_dz = history_dot(u[:, :min(n + 1, u.shape[1])], torch.sub(proposal, z, out=reuse(g)))
-    return u, v, h_g, proposal, u_dz
+    return u, v, h_g, proposal, u_dz, fz_norm

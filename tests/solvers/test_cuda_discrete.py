@@ -44,7 +44,9 @@ def test_cuda_solve_matches_cpu_per_sample(name):
     cpu, gpu = results["cpu"], results["cuda"]
     assert gpu.z.device.type == "cuda" and gpu.status.device.type == "cuda"
     assert (gpu.status == Status.CONVERGED).all()
-    torch.testing.assert_close(gpu.z.cpu(), cpu.z, rtol=0, atol=1e-9)
+    # Not bitwise (other kernels): each is within abstol / (1 - q) = 1e-9 of the fixed point
+    # (q = 0.9 scale <= 0.9), so they are within 2e-9 of each other.
+    torch.testing.assert_close(gpu.z.cpu(), cpu.z, rtol=0, atol=2e-9)
     assert (gpu.iterations.cpu() - cpu.iterations).abs().max() <= 1
     # The loop reads the flags every 8 iterations: up to 7 extra batch calls, results unchanged.
     assert cpu.nfe <= gpu.nfe <= cpu.nfe + 7

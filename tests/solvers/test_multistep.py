@@ -137,7 +137,8 @@ def test_integrate_is_per_sample_and_lands_on_t1():
     rhs = lambda t, y: -lam * y  # noqa: E731
     traj = integrate(rhs, torch.ones(2, 1, dtype=F64), 2.0, VCAB3(rtol=1e-8, atol=1e-8, max_steps=5000))
     assert bool((traj.status == Status.CONVERGED).all()) and torch.equal(traj.t, torch.full((2,), 2.0, dtype=F64))
-    torch.testing.assert_close(traj.z, torch.exp(-2 * lam), rtol=0, atol=300 * 1e-8)
+    # Measured max error 4.1e-7 (41 tol; rounding adds < 1e-13): 3x that.
+    torch.testing.assert_close(traj.z, torch.exp(-2 * lam), rtol=0, atol=120 * 1e-8)
     # Every step costs one evaluation: the initial derivative, Hairer's trials, one per step.
     alone = integrate(rhs, torch.ones(2, 1, dtype=F64), 2.0, VCAB3(rtol=1e-8, atol=1e-8, max_steps=5000, dt0=0.01))
     assert alone.nfe == 1 + alone.steps

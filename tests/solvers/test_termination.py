@@ -57,13 +57,16 @@ def test_each_sample_stops_at_first_iterate_passing_the_rule(mode, norm, solver_
     with torch.no_grad():
         sol = pycdeq.solve(rec, torch.zeros_like(b), solver_cls(max_iter=400, termination=term))
     assert sol.converged.all()
+    # The rule by hand on the whole recorded batch (then row i): the same norms of the same
+    # (batch, dim) tensors as the solver's, so bitwise equal by construction. (On a one-row
+    # slice the l2 reduction may run another kernel and differ in the last bit.)
     for i, k in enumerate(sol.iterations.tolist()):
-        z, fz = rec.calls[k][0][i:i + 1], rec.calls[k][1][i:i + 1]
-        assert hand_rule(mode, norm, abstol, reltol, z, fz).item()
-        torch.testing.assert_close(sol.residual[i:i + 1], hand_norm(fz - z, norm), rtol=0, atol=0)
+        z, fz = rec.calls[k]
+        assert hand_rule(mode, norm, abstol, reltol, z, fz)[i].item()
+        torch.testing.assert_close(sol.residual[i], hand_norm(fz - z, norm)[i], rtol=0, atol=0)
         if k > 0:
-            z, fz = rec.calls[k - 1][0][i:i + 1], rec.calls[k - 1][1][i:i + 1]
-            assert not hand_rule(mode, norm, abstol, reltol, z, fz).item()
+            z, fz = rec.calls[k - 1]
+            assert not hand_rule(mode, norm, abstol, reltol, z, fz)[i].item()
 
 
 def test_abs_and_rel_stop_differently_on_samples_of_different_scale():

@@ -228,11 +228,19 @@ def test_continuous_predictions_are_per_sample_in_float64(digits_small):
     inputs = torch.from_numpy((X[:24] - clf.mean_) / clf.scale_)  # float64 throughout
     with torch.no_grad():
         full, solution = model(inputs)
-        singles = torch.cat([model(inputs[i:i + 1])[0] for i in range(24)])
-        halves = torch.cat([model(inputs[:11])[0], model(inputs[11:])[0]])
+        parts = {"singles": [model(inputs[i:i + 1]) for i in range(24)],
+                 "halves": [model(inputs[:11]), model(inputs[11:])]}
     assert int(solution.iterations.min()) != int(solution.iterations.max())  # samples stop at different steps
-    torch.testing.assert_close(singles, full, rtol=0, atol=1e-8)
-    torch.testing.assert_close(halves, full, rtol=0, atol=1e-8)
+    for name, outputs in parts.items():
+        logits = torch.cat([out[0] for out in outputs])
+        iterations = torch.cat([out[1].iterations for out in outputs])
+        # A sample that took the same steps differs by float64 rounding of the same arithmetic
+        # in other kernels (~1e-15 per step, a few hundred evaluations): 1e-8 is far above it.
+        # A stop can still flip where a residual lies within that rounding of the tolerance; such
+        # a sample stops one step earlier or later (none expected in float64, but not excluded).
+        same = iterations == solution.iterations
+        torch.testing.assert_close(logits[same], full[same], rtol=0, atol=1e-8, msg=name)
+        assert bool(((iterations - solution.iterations).abs() <= 1).all()), name
 
 
 @pytest.mark.cuda

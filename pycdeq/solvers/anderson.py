@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import _checks
-from .history import history_combine, history_dot, write_slot
+from .history import history_combine, history_dot, ring_slot, write_slot
 from .discrete import DiscreteSolver
 
 
@@ -45,53 +45,60 @@ class Anderson(DiscreteSolver):
     def init(self, z0, fz0):
         batch, dim = z0.shape
         m = self.m
-        # The bordered matrix [[0, 1^T], [1, 0]] and the right-hand side e_0, built once;
-        # each step copies the leading (n+1) block and adds the regularised Gram matrix.
-        border = z0.new_zeros(batch, m + 1, m + 1)
-        border[:, 0, 1:] = 1
-        border[:, 1:, 0] = 1
+        # The bordered matrix [[0, 1^T], [1, 0]] with a 1 only for slots already written
+        # (update sets them), and the right-hand side e_0, built once; each step copies it
+        # and adds the regularised Gram matrix.
+        border = z0.new_zeros(m + 1, m + 1)
         e0 = z0.new_zeros(batch, m + 1)
         e0[:, 0] = 1
         state = {
             # Ring buffers of past values fn(x_i) and residuals r_i = fn(x_i) - x_i. Storing
             # fn(x_i) rather than x_i makes the beta = 1 step a single product, sum alpha_i fn(x_i);
-            # x_i + beta r_i = fn(x_i) - (1 - beta) r_i. Only slots already written are read.
-            "f": z0.new_empty(batch, m, dim),
-            "r": z0.new_empty(batch, m, dim),
-            "gram": z0.new_zeros(batch, m, m),  # r r^T, kept incrementally
+            # x_i + beta r_i = fn(x_i) - (1 - beta) r_i. Fixed shapes (history.py): slots not
+            # yet written hold zeros, so they add nothing to the products.
+            "f": z0.new_zeros(batch, m, dim),
+            "r": z0.new_zeros(batch, m, dim),
+            "gram": z0.new_zeros(batch, m, m),  # r r^T, kept incrementally; zero outside written slots
             "border": border,
             "e0": e0,
-            "count": 0,
+            "count": torch.zeros(1, dtype=torch.long, device=z0.device),  # entries written so far
+            "positions": torch.arange(m, device=z0.device),
+            "written": torch.zeros(m, dtype=torch.bool, device=z0.device),
         }
         self.update(state, z0, fz0, None)
         return state
 
     def update(self, state, z, fz, active) -> None:
-        slot = state["count"] % self.m
-        n = min(state["count"] + 1, self.m)
+        slot = ring_slot(state["count"], self.m)
+        residual = fz - z
         state["f"] = write_slot(state["f"], slot, fz)
-        if torch.is_grad_enabled() and (z.requires_grad or fz.requires_grad or state["r"].requires_grad):
-            residual = fz - z
-            state["r"] = write_slot(state["r"], slot, residual)
-        else:  # straight into the ring buffer: no temporary, no copy
-            residual = torch.sub(fz, z, out=state["r"][:, slot])
+        state["r"] = write_slot(state["r"], slot, residual)
         # One pass over the history. (An einsum "bnd,bd->bn" lowers to a per-sample loop of
-        # matrix-vector products on CPU, several times slower; see history_dot.)
-        row = history_dot(state["r"][:, :n], residual)
-        gram = write_slot(state["gram"], slot, row, columns=n)
-        gram[:, :n, slot] = row
-        state["gram"] = gram
-        state["count"] += 1
+        # matrix-vector products on CPU, several times slower; see history_dot.) Unwritten
+        # slots are zero rows: their entries are exactly 0.
+        row = history_dot(state["r"], residual)
+        gram = write_slot(state["gram"], slot, row)
+        state["gram"] = write_slot(gram, slot, row, dim=2)
+        state["count"] = state["count"] + 1
+        written = state["positions"] < state["count"]
+        state["written"] = written
+        border = state["border"]  # never differentiated: updated in place
+        border[0, 1:] = written
+        border[1:, 0] = written
 
     def propose(self, state) -> torch.Tensor:
-        n = min(state["count"], self.m)
-        gram = state["gram"][:, :n, :n]
-        scale = gram.diagonal(dim1=1, dim2=2).mean(dim=1) + torch.finfo(gram.dtype).tiny
-        bordered = state["border"][:, : n + 1, : n + 1].clone()
+        gram, written = state["gram"], state["written"]
+        n = state["count"].clamp(max=self.m)
+        # The mean of the Gram diagonal over the written slots (the others are 0).
+        scale = gram.diagonal(dim1=1, dim2=2).sum(dim=1) / n + torch.finfo(gram.dtype).tiny
+        # An unwritten slot gets a 1 on the diagonal and no border entry: its equation is
+        # alpha_i = 0, decoupled from the others, which solve the system of the written slots.
+        shift = torch.where(written, self.lam * scale[:, None], 1.0)
+        bordered = state["border"].expand(gram.shape[0], -1, -1).clone()
         bordered[:, 1:, 1:] += gram
-        bordered.diagonal(dim1=1, dim2=2)[:, 1:] += (self.lam * scale)[:, None]
-        alpha = torch.linalg.solve_ex(bordered, state["e0"][:, : n + 1])[0][:, 1:]
-        mixed = history_combine(alpha, state["f"][:, :n])
+        bordered.diagonal(dim1=1, dim2=2)[:, 1:] += shift
+        alpha = torch.linalg.solve_ex(bordered, state["e0"])[0][:, 1:]
+        mixed = history_combine(alpha, state["f"])
         if self.beta != 1.0:
-            mixed = mixed - (1.0 - self.beta) * history_combine(alpha, state["r"][:, :n])
+            mixed = mixed - (1.0 - self.beta) * history_combine(alpha, state["r"])
         return mixed

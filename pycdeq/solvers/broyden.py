@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import _checks
-from .history import history_combine, history_dot, write_slot
+from .history import history_combine, history_dot, read_slot, ring_slot, write_slot
 from .discrete import DiscreteSolver
 
 _INF = float("inf")
@@ -57,47 +57,50 @@ class Broyden(DiscreteSolver):
         # The buffers never hold more pairs than there are updates.
         slots = max(1, min(self.memory, self.max_iter))
         return {
-            "u": z0.new_empty(batch, slots, dim),  # only slots already written are read
-            "v": z0.new_empty(batch, slots, dim),
+            # Fixed shapes (history.py): slots not yet written hold zeros, a pair (0, 0) that
+            # changes nothing in the products below.
+            "u": z0.new_zeros(batch, slots, dim),
+            "v": z0.new_zeros(batch, slots, dim),
             "slots": slots,
             "z": z0,
             "fz": fz0,  # g = fz - z is formed per block of rows, never stored
             "h_g": h_g,  # H g; the solver's own tensor, overwritten in place without autograd
             "proposal": z0 - h_g,
-            "u_dz": None,  # U^T (proposal - z), once U holds pairs
-            "count": 0,
+            "u_dz": z0.new_zeros(batch, slots),  # U^T (proposal - z)
+            "count": torch.zeros(1, dtype=torch.long, device=z0.device),  # pairs written so far
         }
 
     def propose(self, state) -> torch.Tensor:
         return state["proposal"]  # z - H g, formed by the update
 
     def update(self, state, z, fz, active) -> None:
-        u, v, slots, count = state["u"], state["v"], state["slots"], state["count"]
-        ring = (min(count, slots), count % slots, count >= slots)  # pairs, slot to write, full
+        u, v, count = state["u"], state["v"], state["count"]
+        slot = ring_slot(count, state["slots"])
         old = (state["z"], state["fz"], state["h_g"], state["u_dz"])
         batch, dim = z.shape
         rows = batch
-        if z.device.type == "cpu" and not torch.is_grad_enabled():  # blocks write in place
+        # Blocks write in place (CPU, no autograd); under torch.compile the compiler fuses instead.
+        if z.device.type == "cpu" and not torch.is_grad_enabled() and not torch.compiler.is_compiling():
             rows = max(1, ROW_BYTES // (dim * z.element_size()))
         if rows >= batch:
-            u, v, h_g, proposal, u_dz = _update_rows(u, v, *ring, z, fz, *old, active)
+            u, v, h_g, proposal, u_dz = _update_rows(u, v, slot, z, fz, *old, active)
         else:
             h_g, proposal, parts = state["h_g"], torch.empty_like(z), []
             for start in range(0, batch, rows):
                 r = slice(start, start + rows)
-                old_rows = (x if x is None else x[r] for x in old)
-                parts.append(_update_rows(u[r], v[r], *ring, z[r], fz[r], *old_rows, active[r],
+                old_rows = (x[r] for x in old)
+                parts.append(_update_rows(u[r], v[r], slot, z[r], fz[r], *old_rows, active[r],
                                           out=proposal[r])[-1])
             u_dz = torch.cat(parts)
         state.update(u=u, v=v, h_g=h_g, proposal=proposal, u_dz=u_dz, count=count + 1, z=z, fz=fz)
 
 
-def _update_rows(u, v, n, slot, full, z, fz, z_old, fz_old, h_g_old, u_dz, active, out=None):
-    """The update of a block of rows (or of all rows): ``n`` pairs are stored, the new one
-    goes to ``slot`` (``full``: over the oldest); ``h_g_old = H g_old`` and ``u_dz = U^T dz``
-    (``None`` while ``n == 0``). Returns ``u``, ``v`` (see :func:`write_slot`), ``H_new g``,
-    the next iterate ``z - H_new g`` (into ``out`` if given) and ``U_new^T`` times its step.
-    Without autograd ``H_new g`` overwrites ``h_g_old``."""
+def _update_rows(u, v, slot, z, fz, z_old, fz_old, h_g_old, u_dz, active, out=None):
+    """The update of a block of rows (or of all rows): the new pair goes to ``slot`` (over the
+    oldest pair once the ring is full; unwritten slots hold the pair (0, 0)); ``h_g_old = H g_old``
+    and ``u_dz = U^T dz``. Returns ``u``, ``v`` (see :func:`write_slot`), ``H_new g``, the next
+    iterate ``z - H_new g`` (into ``out`` if given) and ``U_new^T`` times its step. Without
+    autograd ``H_new g`` overwrites ``h_g_old``."""
     # Without autograd, results overwrite temporaries that are no longer needed: fresh
     # memory for each would be slower than memory still in cache.
     reuse = (lambda t: None) if torch.is_grad_enabled() else (lambda t: t)
@@ -105,18 +108,14 @@ def _update_rows(u, v, n, slot, full, z, fz, z_old, fz_old, h_g_old, u_dz, activ
     dz = z - z_old
     dg = fz_old - z_old  # g_old, formed exactly as the previous update formed it
     dg = torch.sub(g, dg, out=reuse(dg))
-    if n:
-        un, vn = u[:, :n], v[:, :n]
-        # The pass over V: V^T g, and H^T dz = -dz + V (U^T dz).
-        vt_g = history_dot(vn, g)
-        v_new = history_combine(u_dz, vn)
-        v_new = torch.sub(v_new, dz, out=reuse(v_new))
-        # The pass over U: H g = -g + U (V^T g); H dg = H g - H g_old.
-        h_g = history_combine(vt_g, un)
-        h_g = torch.sub(h_g, g, out=reuse(h_g))
-        h_dg = h_g - h_g_old
-    else:
-        v_new, h_g, h_dg = -dz, -g, -dg
+    # The pass over V: V^T g, and H^T dz = -dz + V (U^T dz). (Unwritten pairs add exact zeros.)
+    vt_g = history_dot(v, g)
+    v_new = history_combine(u_dz, v)
+    v_new = torch.sub(v_new, dz, out=reuse(v_new))
+    # The pass over U: H g = -g + U (V^T g); H dg = H g - H g_old.
+    h_g = history_combine(vt_g, u)
+    h_g = torch.sub(h_g, g, out=reuse(h_g))
+    h_dg = h_g - h_g_old
     denominator = torch.linalg.vecdot(v_new, dg)
     norms = torch.linalg.vector_norm(dz, dim=1) * torch.linalg.vector_norm(dg, dim=1)
     tiny = torch.finfo(z.dtype).eps * norms
@@ -126,25 +125,23 @@ def _update_rows(u, v, n, slot, full, z, fz, z_old, fz_old, h_g_old, u_dz, activ
     u_new = torch.sub(dz, h_dg, out=reuse(dz))
     u_new = torch.div(u_new, safe_denominator[:, None], out=reuse(u_new))
     # A skipped update keeps whatever pair the slot held: zeros (no pair) while the ring
-    # fills, the oldest pair once it is full.
-    if full:
-        u_keep, v_keep = u[:, slot], v[:, slot]
-    else:
-        u_keep = v_keep = None
-    if z.device.type == "cpu" and bool(usable.all()):  # host read, free on CPU: no masked select
+    # fills, the oldest pair once it is full. (Copies where the slot is a device tensor:
+    # taken before the slot is overwritten below.)
+    u_keep, v_keep = read_slot(u, slot), read_slot(v, slot)
+    # Host read, free on CPU (eager): no masked select.
+    if z.device.type == "cpu" and not torch.compiler.is_compiling() and bool(usable.all()):
         u_slot, v_slot = u_new, v_new
     else:
-        u_slot = torch.where(usable[:, None], u_new, 0.0 if u_keep is None else u_keep)
-        v_slot = torch.where(usable[:, None], v_new, 0.0 if v_keep is None else v_keep)
+        u_slot = torch.where(usable[:, None], u_new, u_keep)
+        v_slot = torch.where(usable[:, None], v_new, v_keep)
     # H_new g = H g - u_old (v_old . g) + u_slot (v_slot . g), where (u_old, v_old) is the
-    # pair the slot held before (none while the ring fills). Read before the slot is written.
+    # pair the slot held before ((0, 0) while the ring fills). Read before the slot is written.
     h_g = torch.addcmul(h_g, u_slot, torch.linalg.vecdot(v_slot, g)[:, None], out=reuse(h_g_old))
-    if u_keep is not None:
-        h_g = torch.addcmul(h_g, u_keep, torch.linalg.vecdot(v_keep, g)[:, None], value=-1, out=reuse(h_g))
+    h_g = torch.addcmul(h_g, u_keep, torch.linalg.vecdot(v_keep, g)[:, None], value=-1, out=reuse(h_g))
     u = write_slot(u, slot, u_slot)
     v = write_slot(v, slot, v_slot)
     proposal = torch.sub(z, h_g, out=out)
     # A running sample's next dz is exactly proposal - z (the loop evaluates the proposal):
     # its U^T dz is computed now, while this block of U is likely still in cache.
-    u_dz = history_dot(u[:, :min(n + 1, u.shape[1])], torch.sub(proposal, z, out=reuse(g)))
+    u_dz = history_dot(u, torch.sub(proposal, z, out=reuse(g)))
     return u, v, h_g, proposal, u_dz

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import _checks
-from .history import history_combine, history_dot, ring_slot, write_slot
+from .history import filled, history_combine, history_dot, ring_slot, write_slot
 from .discrete import DiscreteSolver
 
 
@@ -54,8 +54,8 @@ class Anderson(DiscreteSolver):
         state = {
             # Ring buffers of past values fn(x_i) and residuals r_i = fn(x_i) - x_i. Storing
             # fn(x_i) rather than x_i makes the beta = 1 step a single product, sum alpha_i fn(x_i);
-            # x_i + beta r_i = fn(x_i) - (1 - beta) r_i. Fixed shapes (history.py): slots not
-            # yet written hold zeros, so they add nothing to the products.
+            # x_i + beta r_i = fn(x_i) - (1 - beta) r_i. Slots not yet written hold zeros, so
+            # they add nothing to products over every slot (history.py).
             "f": z0.new_zeros(batch, m, dim),
             "r": z0.new_zeros(batch, m, dim),
             "gram": z0.new_zeros(batch, m, m),  # r r^T, kept incrementally; zero outside written slots
@@ -73,13 +73,14 @@ class Anderson(DiscreteSolver):
         residual = fz - z
         state["f"] = write_slot(state["f"], slot, fz)
         state["r"] = write_slot(state["r"], slot, residual)
+        state["count"] = state["count"] + 1
+        n = filled(state["count"], self.m)  # written slots (host int) or None: all (history.py)
         # One pass over the history. (An einsum "bnd,bd->bn" lowers to a per-sample loop of
         # matrix-vector products on CPU, several times slower; see history_dot.) Unwritten
         # slots are zero rows: their entries are exactly 0.
-        row = history_dot(state["r"], residual)
-        gram = write_slot(state["gram"], slot, row)
-        state["gram"] = write_slot(gram, slot, row, dim=2)
-        state["count"] = state["count"] + 1
+        row = history_dot(state["r"] if n is None else state["r"][:, :n], residual)
+        gram = write_slot(state["gram"], slot, row, columns=n)
+        state["gram"] = write_slot(gram, slot, row, columns=n, dim=2)
         written = state["positions"] < state["count"]
         state["written"] = written
         border = state["border"]  # never differentiated: updated in place
@@ -87,18 +88,24 @@ class Anderson(DiscreteSolver):
         border[1:, 0] = written
 
     def propose(self, state) -> torch.Tensor:
-        gram, written = state["gram"], state["written"]
-        n = state["count"].clamp(max=self.m)
-        # The mean of the Gram diagonal over the written slots (the others are 0).
-        scale = gram.diagonal(dim1=1, dim2=2).sum(dim=1) / n + torch.finfo(gram.dtype).tiny
-        # An unwritten slot gets a 1 on the diagonal and no border entry: its equation is
-        # alpha_i = 0, decoupled from the others, which solve the system of the written slots.
-        shift = torch.where(written, self.lam * scale[:, None], 1.0)
-        bordered = state["border"].expand(gram.shape[0], -1, -1).clone()
+        n = filled(state["count"], self.m)
+        width = self.m if n is None else n
+        gram = state["gram"][:, :width, :width]
+        diagonal = gram.diagonal(dim1=1, dim2=2)
+        if n is None:
+            # Every slot: the mean of the Gram diagonal over the written ones (the others are
+            # 0), and an unwritten slot gets a 1 on the diagonal and no border entry, so its
+            # equation is alpha_i = 0, decoupled from the system of the written slots.
+            scale = diagonal.sum(dim=1) / state["count"].clamp(max=self.m) + torch.finfo(gram.dtype).tiny
+            shift = torch.where(state["written"], self.lam * scale[:, None], 1.0)
+        else:
+            scale = diagonal.mean(dim=1) + torch.finfo(gram.dtype).tiny
+            shift = (self.lam * scale)[:, None]
+        bordered = state["border"][: width + 1, : width + 1].expand(gram.shape[0], -1, -1).clone()
         bordered[:, 1:, 1:] += gram
         bordered.diagonal(dim1=1, dim2=2)[:, 1:] += shift
-        alpha = torch.linalg.solve_ex(bordered, state["e0"])[0][:, 1:]
-        mixed = history_combine(alpha, state["f"])
+        alpha = torch.linalg.solve_ex(bordered, state["e0"][:, : width + 1])[0][:, 1:]
+        mixed = history_combine(alpha, state["f"][:, :width])
         if self.beta != 1.0:
-            mixed = mixed - (1.0 - self.beta) * history_combine(alpha, state["r"])
+            mixed = mixed - (1.0 - self.beta) * history_combine(alpha, state["r"][:, :width])
         return mixed

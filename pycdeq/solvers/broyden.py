@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import _checks
-from .history import history_combine, history_dot, read_slot, ring_slot, write_slot
+from .history import filled, history_combine, history_dot, read_slot, ring_slot, write_slot
 from .discrete import DiscreteSolver
 
 _INF = float("inf")
@@ -74,8 +74,11 @@ class Broyden(DiscreteSolver):
         return state["proposal"]  # z - H g, formed by the update
 
     def update(self, state, z, fz, active) -> None:
-        u, v, count = state["u"], state["v"], state["count"]
-        slot = ring_slot(count, state["slots"])
+        u, v, count, slots = state["u"], state["v"], state["count"], state["slots"]
+        slot = ring_slot(count, slots)
+        # The pairs the products run over: the written ones (a host int) or every slot (None;
+        # unwritten slots hold the pair (0, 0)); see history.py.
+        pairs = filled(count, slots)
         old = (state["z"], state["fz"], state["h_g"], state["u_dz"])
         batch, dim = z.shape
         rows = batch
@@ -83,24 +86,25 @@ class Broyden(DiscreteSolver):
         if z.device.type == "cpu" and not torch.is_grad_enabled() and not torch.compiler.is_compiling():
             rows = max(1, ROW_BYTES // (dim * z.element_size()))
         if rows >= batch:
-            u, v, h_g, proposal, u_dz = _update_rows(u, v, slot, z, fz, *old, active)
+            u, v, h_g, proposal, u_dz = _update_rows(u, v, slot, pairs, z, fz, *old, active)
         else:
             h_g, proposal, parts = state["h_g"], torch.empty_like(z), []
             for start in range(0, batch, rows):
                 r = slice(start, start + rows)
                 old_rows = (x[r] for x in old)
-                parts.append(_update_rows(u[r], v[r], slot, z[r], fz[r], *old_rows, active[r],
+                parts.append(_update_rows(u[r], v[r], slot, pairs, z[r], fz[r], *old_rows, active[r],
                                           out=proposal[r])[-1])
             u_dz = torch.cat(parts)
         state.update(u=u, v=v, h_g=h_g, proposal=proposal, u_dz=u_dz, count=count + 1, z=z, fz=fz)
 
 
-def _update_rows(u, v, slot, z, fz, z_old, fz_old, h_g_old, u_dz, active, out=None):
+def _update_rows(u, v, slot, pairs, z, fz, z_old, fz_old, h_g_old, u_dz, active, out=None):
     """The update of a block of rows (or of all rows): the new pair goes to ``slot`` (over the
-    oldest pair once the ring is full; unwritten slots hold the pair (0, 0)); ``h_g_old = H g_old``
-    and ``u_dz = U^T dz``. Returns ``u``, ``v`` (see :func:`write_slot`), ``H_new g``, the next
-    iterate ``z - H_new g`` (into ``out`` if given) and ``U_new^T`` times its step. Without
-    autograd ``H_new g`` overwrites ``h_g_old``."""
+    oldest pair once the ring is full); the products run over the first ``pairs`` slots
+    (``None``: every slot; unwritten ones hold the pair (0, 0)); ``h_g_old = H g_old`` and
+    ``u_dz = U^T dz`` (every slot, zeros beyond the written ones). Returns ``u``, ``v`` (see
+    :func:`write_slot`), ``H_new g``, the next iterate ``z - H_new g`` (into ``out`` if given)
+    and ``U_new^T`` times its step. Without autograd ``H_new g`` overwrites ``h_g_old``."""
     # Without autograd, results overwrite temporaries that are no longer needed: fresh
     # memory for each would be slower than memory still in cache.
     reuse = (lambda t: None) if torch.is_grad_enabled() else (lambda t: t)
@@ -108,12 +112,14 @@ def _update_rows(u, v, slot, z, fz, z_old, fz_old, h_g_old, u_dz, active, out=No
     dz = z - z_old
     dg = fz_old - z_old  # g_old, formed exactly as the previous update formed it
     dg = torch.sub(g, dg, out=reuse(dg))
+    width = u.shape[1] if pairs is None else pairs
+    un, vn = u[:, :width], v[:, :width]
     # The pass over V: V^T g, and H^T dz = -dz + V (U^T dz). (Unwritten pairs add exact zeros.)
-    vt_g = history_dot(v, g)
-    v_new = history_combine(u_dz, v)
+    vt_g = history_dot(vn, g)
+    v_new = history_combine(u_dz[:, :width], vn)
     v_new = torch.sub(v_new, dz, out=reuse(v_new))
     # The pass over U: H g = -g + U (V^T g); H dg = H g - H g_old.
-    h_g = history_combine(vt_g, u)
+    h_g = history_combine(vt_g, un)
     h_g = torch.sub(h_g, g, out=reuse(h_g))
     h_dg = h_g - h_g_old
     denominator = torch.linalg.vecdot(v_new, dg)
@@ -143,5 +149,10 @@ def _update_rows(u, v, slot, z, fz, z_old, fz_old, h_g_old, u_dz, active, out=No
     proposal = torch.sub(z, h_g, out=out)
     # A running sample's next dz is exactly proposal - z (the loop evaluates the proposal):
     # its U^T dz is computed now, while this block of U is likely still in cache.
-    u_dz = history_dot(u, torch.sub(proposal, z, out=reuse(g)))
+    step = torch.sub(proposal, z, out=reuse(g))
+    if pairs is None:
+        u_dz = history_dot(u, step)
+    else:  # the written pairs, now one more, and zeros for the others: u_dz keeps its shape
+        u_dz = torch.nn.functional.pad(history_dot(u[:, :min(pairs + 1, u.shape[1])], step),
+                                       (0, u.shape[1] - min(pairs + 1, u.shape[1])))
     return u, v, h_g, proposal, u_dz

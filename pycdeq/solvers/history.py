@@ -5,16 +5,35 @@ buffers; these helpers write and read one slot and form the two products every s
 needs.
 
 Fixed shapes. Anderson and Broyden keep their ring position as a device tensor
-(:func:`ring_slot`) and always work on the whole buffer: slots not yet written hold zeros
-and are masked where a zero would not do (Anderson's bordered system). So one iteration is
-the same computation with the same shapes from the first to the last, which is what
-``torch.compile`` needs to compile it once (a Python-int slot is a constant to dynamo: one
-recompilation per slot) and what a CUDA graph needs to replay it (:mod:`.cuda_graph`).
+(:func:`ring_slot`), and their buffers hold zeros in the slots not yet written. Where the
+position can be read for free (a CPU tensor in eager mode) they work on the written slots
+only, as a host int (:func:`filled`); elsewhere (CUDA, where a read is a sync; under
+``torch.compile``, where it is a graph break and a changing int a recompilation; in a CUDA
+graph, which replays fixed shapes) they work on every slot, masking the unwritten ones where
+a zero would not do (Anderson's bordered system). There one iteration is the same
+computation with the same shapes from the first to the last: ``torch.compile`` compiles it
+once and a CUDA graph can replay it (:mod:`.cuda_graph`). :func:`fixed_shapes` forces the
+second form on any device (the CUDA-graph loop's body, run eagerly in tests on CPU).
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+
 import torch
+
+_FIXED_SHAPES = contextvars.ContextVar("pycdeq_fixed_shapes", default=False)
+
+
+@contextlib.contextmanager
+def fixed_shapes():
+    """Within this context the solvers never read their ring position on the host."""
+    token = _FIXED_SHAPES.set(True)
+    try:
+        yield
+    finally:
+        _FIXED_SHAPES.reset(token)
 
 
 def ring_slot(count: torch.Tensor, slots: int) -> torch.Tensor:
@@ -22,15 +41,24 @@ def ring_slot(count: torch.Tensor, slots: int) -> torch.Tensor:
     return torch.remainder(count, slots)
 
 
-def _host_index(slot: torch.Tensor) -> int | None:
-    """``slot`` as a Python int where reading it is free (a CPU tensor, eager mode), else None.
+def _host_index(index: torch.Tensor) -> int | None:
+    """``index`` as a Python int where reading it is free (a CPU tensor, eager mode, not
+    :func:`fixed_shapes`), else None.
 
     On CPU a strided copy into ``buffer[:, k]`` is about 3x faster than ``index_copy_`` for
-    large states; on CUDA reading the slot would be a device-to-host sync, and under
-    ``torch.compile`` a graph break, so the slot stays a tensor there."""
-    if slot.device.type == "cpu" and not torch.compiler.is_compiling():
-        return int(slot)
+    large states, and products over the written slots only are cheaper than over all; on
+    CUDA reading the slot would be a device-to-host sync, and under ``torch.compile`` a graph
+    break, so the slot stays a tensor there."""
+    if index.device.type == "cpu" and not torch.compiler.is_compiling() and not _FIXED_SHAPES.get():
+        return int(index)
     return None
+
+
+def filled(count: torch.Tensor, slots: int) -> int | None:
+    """How many slots of a ring of ``slots`` that received ``count`` entries are written, as
+    a host int where that read is free; ``None`` elsewhere: work on every slot."""
+    index = _host_index(count)
+    return None if index is None else min(index, slots)
 
 
 def write_slot(buffer: torch.Tensor, slot: int | torch.Tensor, value: torch.Tensor, columns: int | None = None,

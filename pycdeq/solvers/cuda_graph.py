@@ -50,6 +50,7 @@ from typing import Callable, Dict, Tuple
 import torch
 
 from .. import _checks
+from .history import fixed_shapes
 
 
 def check_options(graph_block, compact: bool) -> None:
@@ -62,12 +63,12 @@ def check_options(graph_block, compact: bool) -> None:
 
 def check_inputs(z0: torch.Tensor) -> None:
     """Refuse a solve the CUDA-graph loop cannot run (module docstring)."""
-    if z0.device.type != "cuda":
-        raise ValueError(f"graph_block needs CUDA tensors (the loop is captured as a CUDA graph), but the state is "
-                         f"on {z0.device.type}; use graph_block=0 there")
     if torch.is_grad_enabled():
         raise RuntimeError("graph_block runs the iterations without autograd: solve under torch.no_grad() or with "
                            "an implicit adjoint (GMRES, FixedPointAdjoint, JFB), not Unrolled")
+    if z0.device.type != "cuda":
+        raise ValueError(f"graph_block needs CUDA tensors (the loop is captured as a CUDA graph), but the state is "
+                         f"on {z0.device.type}; use graph_block=0 there")
     if torch.compiler.is_compiling():
         raise RuntimeError("graph_block cannot run inside torch.compile tracing; compile fn instead, or use "
                            "graph_block=0 with a compiled model (docs/compile.md)")
@@ -207,9 +208,17 @@ class EagerCapture:
 
 
 def run(loop, max_iter: int, block: int, capture=None) -> Tuple[int, int]:
-    """Iterate ``loop`` (a :class:`~.discrete.Iteration` after the initial observation) in
-    captured blocks of ``block`` iterations; returns ``(iterations, nfe)`` of the batch."""
+    """Iterate ``loop`` (a :class:`~.discrete.Iteration` from :func:`~.discrete.start`) in
+    captured blocks of ``block`` iterations; returns ``(iterations, nfe)`` of the batch.
+    ``capture``: :class:`CUDAGraphCapture` (default) or :class:`EagerCapture`."""
     capture = CUDAGraphCapture() if capture is None else capture
+    # The body captured is the fixed-shape one (history.py); on CUDA it is the only one, and
+    # an eager stand-in on CPU runs the same.
+    with fixed_shapes():
+        return _run(loop, max_iter, block, capture)
+
+
+def _run(loop, max_iter: int, block: int, capture) -> Tuple[int, int]:
     iteration, nfe = 0, 1
     if max_iter == 0 or loop.running() == 0:
         return iteration, nfe

@@ -97,18 +97,29 @@ def iterate(solver: DiscreteSolver, fn: FlatMap, z0: torch.Tensor, args: Tuple[t
     """
     if solver.graph_block:
         cuda_graph.check_inputs(z0)
+    loop = start(solver, fn, z0, args)
+    if solver.graph_block:
+        iteration, nfe = cuda_graph.run(loop, solver.max_iter, solver.graph_block)
+        return record(loop, loop.z, iteration, nfe)
+    z, iteration, nfe = _loop(loop, iteration=0, nfe=1)
+    return record(loop, z, iteration, nfe)
+
+
+def start(solver: DiscreteSolver, fn: FlatMap, z0: torch.Tensor, args: Tuple[torch.Tensor, ...] = ()) -> "Iteration":
+    """The loop before its first iteration: ``fn(z0)`` evaluated, the solver's memory built,
+    the initial guess observed (``nfe = 1``)."""
     tracker = SampleTracker(solver.termination, z0)
     fz = fn(z0, *args)
     state = solver.init(z0, fz)
     tracker.observe(0, z0, fz)
-    loop = Iteration(solver, fn, args, state, tracker, z0, fz)
-    if solver.graph_block:
-        iteration, nfe = cuda_graph.run(loop, solver.max_iter, solver.graph_block)
-        z = loop.z
-    else:
-        z, iteration, nfe = _loop(loop, iteration=0, nfe=1)
-    z, residual, status = tracker.finish(z, solver.max_iter)
-    return SolverRecord(z=z, residual=residual, status=status, iterations=tracker.iterations,
+    return Iteration(solver, fn, args, state, tracker, z0, fz)
+
+
+def record(loop: "Iteration", z: torch.Tensor, iteration: int, nfe: int) -> SolverRecord:
+    """Close the books of a loop that ran ``iteration`` iterations with ``nfe`` calls and
+    ended at the iterates ``z``."""
+    z, residual, status = loop.tracker.finish(z, loop.solver.max_iter)
+    return SolverRecord(z=z, residual=residual, status=status, iterations=loop.tracker.iterations,
                         nfe=nfe, steps=iteration)
 
 

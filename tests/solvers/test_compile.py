@@ -18,7 +18,8 @@ import torch
 import torch._dynamo
 from torch._dynamo.utils import clear_compilation_metrics, counters, get_compilation_metrics
 
-from pycdeq import VCAB3, Anderson, Broyden, FixedPoint, Termination, Tsit5
+import pycdeq
+from pycdeq import VCAB3, Anderson, Broyden, FixedPoint, Status, Termination, Tsit5
 from pycdeq.layers import DEQ
 
 DIM, BATCH = 6, 4
@@ -145,3 +146,21 @@ def test_compiled_f_compiles_once_per_autograd_mode():
     frames, graphs, breaks = compile_counts()
     assert [m.co_name for m in get_compilation_metrics()] == ["forward", "forward"]
     assert (graphs, breaks) == (2, 0)
+
+
+def test_compiled_solve_reports_a_non_finite_sample_as_the_eager_one():
+    """A sample that goes NaN is reported, and returns its best finite iterate, as in eager mode."""
+    f, solver = Dense(), SOLVERS["anderson"](LONG["anderson"])
+    x = inputs(1)
+    x[2] = float("nan")
+
+    def solve(x):
+        with torch.no_grad():
+            return pycdeq.solve(f, torch.zeros_like(x), solver, args=(x,))
+
+    eager, compiled = solve(x), torch.compile(solve, backend="eager")(x)
+    assert eager.status.tolist() == [Status.CONVERGED, Status.CONVERGED, Status.NON_FINITE, Status.CONVERGED]
+    assert torch.equal(compiled.status, eager.status) and torch.equal(compiled.iterations, eager.iterations)
+    assert torch.equal(compiled.z[2], torch.zeros(DIM, dtype=torch.float64))  # its best finite iterate: z0
+    tol = compiled.residual[eager.converged].max().item() + eager.residual[eager.converged].max().item()
+    torch.testing.assert_close(compiled.z, eager.z, rtol=0, atol=tol / (1 - CONTRACTION))

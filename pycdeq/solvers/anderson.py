@@ -68,6 +68,13 @@ class Anderson(DiscreteSolver):
         self.update(state, z0, fz0, None)
         return state
 
+    #: State entries shared by the whole batch (the others are per sample, batch first).
+    SHARED = ("border", "count", "positions", "written")
+
+    def select(self, state, rows, batch):
+        # Explicit: a shared entry whose first size happens to equal the batch is not sliced.
+        return {key: value if key in self.SHARED else value.index_select(0, rows) for key, value in state.items()}
+
     def update(self, state, z, fz, active) -> None:
         slot = ring_slot(state["count"], self.m)
         residual = fz - z

@@ -198,7 +198,8 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     repeats = args.repeats or (5 if args.quick else 15)
-    names = args.models or (["mnist-dense"] if args.quick and device.type == "cpu" else ["mnist-dense", "cifar10-small"])
+    quick_cpu = args.quick and device.type == "cpu"
+    names = args.models or (["mnist-dense"] if quick_cpu else ["mnist-dense", "cifar10-small"])
     batches = {"mnist-dense": 128, "cifar10-small": 128 if device.type == "cuda" else 16}
     title = f"torch.compile and the CUDA-graph loop vs eager, Anderson, float32, {device.type}"
     notes = (f"Interleaved, medians of {repeats}. Anderson m={MEMORY}, L2 residual <= {TOL:g} per sample, "

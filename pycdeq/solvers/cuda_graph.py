@@ -105,7 +105,8 @@ class LoopBuffers:
         """Copy the loop's current tensors into the buffers (the end of a captured block)."""
         current = _bindings(loop)
         if current.keys() != self.names.keys():
-            raise RuntimeError(f"the iteration changed the loop's tensors: {sorted(current.keys() ^ self.names.keys())}")
+            changed = sorted(current.keys() ^ self.names.keys())
+            raise RuntimeError(f"the iteration changed the loop's tensors: {changed}")
         results: Dict[int, torch.Tensor] = {}
         for name, tensor in current.items():
             group = self.group_of[name]
@@ -176,9 +177,11 @@ class CUDAGraphCapture:
     def capture(self, body: Callable[[], None]) -> Callable[[], None]:
         # capture_begin/end rather than torch.cuda.graph(): that one synchronises the device
         # and empties the allocator's cache on entry, a cost per solve for nothing here.
+        # "thread_local": a data-loading thread that pins memory meanwhile does not break the
+        # capture (only this thread's calls are checked).
         self.graph = torch.cuda.CUDAGraph()
         with self.warmup():
-            self.graph.capture_begin()
+            self.graph.capture_begin(capture_error_mode="thread_local")
             try:
                 body()
             except RuntimeError as error:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# pycdeq on a CUDA machine in one command: the CUDA tests, then the benchmark suite (--quick) on
-# CUDA, everything (logs, results json/md, plots, BENCHMARKS.md) written under OUT_DIR.
+# pycdeq on a CUDA machine in one command: the CUDA tests, the benchmark suite (--quick) on CUDA,
+# then the torch.compile / CUDA-graph benchmark, everything (logs, results json/md, plots,
+# BENCHMARKS.md) written under OUT_DIR.
 #
 #   bash benchmarks/gpu.sh OUT_DIR
 #
@@ -16,9 +17,10 @@
 #
 # (torchode needs torchtyping, which needs typeguard < 3; sympy comes with torch. All four are
 # pure-Python wheels.) The wheels are installed into a temporary folder on PYTHONPATH, never into
-# the machine's site-packages. Budget: under 8 minutes in all (tests <= 150 s, suite <= 330 s,
-# each benchmark <= 150 s). A failing step or benchmark is logged and the script goes on; its exit
-# status is 0 unless OUT_DIR cannot be created. Read OUT_DIR/summary.txt first.
+# the machine's site-packages. Budget: under 12 minutes in all (tests <= 150 s, suite <= 330 s,
+# each benchmark <= 150 s, then the compile / CUDA-graph benchmark <= 240 s). A failing step or
+# benchmark is logged and the script goes on; its exit status is 0 unless OUT_DIR cannot be
+# created. Read OUT_DIR/summary.txt first.
 
 set -u
 OUT=${1:?usage: bash benchmarks/gpu.sh OUT_DIR}
@@ -66,5 +68,19 @@ timeout 330 "$PY" -m benchmarks --quick --device cuda --out "$OUT/results" --tim
 rc=$?
 note "benchmark suite: exit $rc in $((SECONDS - start)) s (per-benchmark logs in results/logs/)"
 grep '^\[benchmarks\]' "$OUT/suite.log" | grep -v ': /' | tee -a "$SUMMARY" > /dev/null
+
+# --- torch.compile and the CUDA-graph loop (issue 12; docs/compile.md) ----------------------------
+# Eager vs compiled f vs compiled model vs graph_block=8 (with and without the compiled f) vs
+# compile(mode="reduce-overhead"), MNIST-dense then the small CIFAR-10 MDEQ, batch 128. The table
+# (results/compile.md) is rewritten after each model: a timeout keeps what was measured.
+start=$SECONDS
+timeout 240 "$PY" -m benchmarks.bench_compile --quick --device cuda --out "$OUT/results" > "$OUT/compile.log" 2>&1
+rc=$?
+note "compile / CUDA-graph benchmark: exit $rc in $((SECONDS - start)) s (log: compile.log)"
+if [ -f "$OUT/results/compile.md" ]; then
+  grep '^| ' "$OUT/results/compile.md" | tee -a "$SUMMARY" > /dev/null
+else
+  note "compile / CUDA-graph benchmark: no table written"
+fi
 rm -rf "$SITE"
 exit 0

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 
@@ -68,9 +68,10 @@ class Goal(ABC):
         return torch.where(take, t + h, t)
 
     @abstractmethod
-    def record(self, step: int, take: torch.Tensor, clipped: Optional[torch.Tensor], y: torch.Tensor,
+    def record(self, step: torch.Tensor, take: torch.Tensor, clipped: Optional[torch.Tensor], y: torch.Tensor,
                k: torch.Tensor, t: torch.Tensor) -> None:
-        """Bookkeeping after an accepted or rejected step (``y``, ``k``, ``t``: the new ones)."""
+        """Bookkeeping after an accepted or rejected step (``y``, ``k``, ``t``: the new ones;
+        ``step``: the steps taken so far, a 0-d device tensor)."""
 
     @abstractmethod
     def stop(self, mask: torch.Tensor) -> None:
@@ -105,36 +106,65 @@ def run(goal: Goal, stepper, controller: StepSizeController, tolerances: Optiona
 
     ``stepper``: a ``RungeKutta`` or ``AdamsBashforth`` made for this run; ``tolerances``:
     ``None`` for fixed-step methods (no error estimate).
+
+    One loop iteration is one call of :func:`step` on device tensors only (the step counter
+    included), so under ``torch.compile`` it compiles to one graph, once; the host read of
+    the flag every ``interval`` steps is the loop's graph break (``docs/compile.md``).
     """
-    prev_ratio = controller.initial_state(dt)
+    stepper.start(k, dt)
     accepted = torch.zeros(y.shape[0], dtype=torch.long, device=y.device)
-    rejected = torch.zeros_like(accepted)
+    carry = Carry(y, k, t, dt, controller.initial_state(dt), accepted, torch.zeros_like(accepted),
+                  torch.zeros((), dtype=torch.long, device=y.device))
     nfe = steps = 0
     while steps < max_steps:
-        running = goal.running()
-        size, clipped = goal.step_size(t, dt)
-        h = torch.where(running, size, torch.zeros_like(size))
-        result = stepper.step(field, goal.field_time(t), y, k, h, stiffness=goal.stiffness)
-        nfe += result.evaluations
+        carry, evaluations = step(goal, stepper, controller, tolerances, error_order, field, carry)
+        nfe += evaluations
         steps += 1
-        ratio = None
-        if result.error is not None and tolerances is not None:
-            ratio = error_ratio(result.error, y, result.y, tolerances.rtol, tolerances.atol, tolerances.columns)
-        order = error_order if result.error_order is None else result.error_order
-        accept, dt_next, prev_next = controller.adapt(h, ratio, prev_ratio, order)
-        accept = goal.screen(accept, result, running)
-        take = running & accept
-        stepper.commit(take)
-        dt_next = goal.limit(dt_next, dt, take, clipped, result, y, k)
-        y = torch.where(take[:, None], result.y, y)
-        k = torch.where(take[:, None], result.k, k)
-        t = goal.land(t, h, take, clipped)
-        accepted = accepted + take.long()
-        rejected = rejected + (running & ~accept).long()
-        dt = torch.where(running, dt_next, dt)
-        prev_ratio = torch.where(running, prev_next, prev_ratio)
-        goal.record(steps, take, clipped, y, k, t)
-        goal.stop(goal.running() & underflow(dt, t, controller.dt_min, goal.time_scale, y.dtype))
         if steps % interval == 0 and not bool(goal.running().any()):
             break
-    return LoopResult(y, k, t, accepted, rejected, nfe, steps)
+    return LoopResult(carry.y, carry.k, carry.t, carry.accepted, carry.rejected, nfe, steps)
+
+
+class Carry(NamedTuple):
+    """What one step of the loop reads and returns (per sample, except ``counter``: the
+    number of steps taken, a 0-d device tensor)."""
+
+    y: torch.Tensor
+    k: torch.Tensor
+    t: torch.Tensor
+    dt: torch.Tensor
+    prev_ratio: torch.Tensor
+    accepted: torch.Tensor
+    rejected: torch.Tensor
+    counter: torch.Tensor
+
+
+def step(goal: Goal, stepper, controller: StepSizeController, tolerances: Optional[Tolerances],
+         error_order: ErrorOrder, field: FlatField, carry: Carry) -> Tuple[Carry, int]:
+    """One step of every running sample (stopped ones step with ``h = 0`` and stay frozen);
+    returns the new carry and the evaluations of ``field`` it made."""
+    y, k, t, dt, prev_ratio, accepted, rejected, counter = carry
+    running = goal.running()
+    size, clipped = goal.step_size(t, dt)
+    h = torch.where(running, size, torch.zeros_like(size))
+    result = stepper.step(field, goal.field_time(t), y, k, h, stiffness=goal.stiffness)
+    ratio = None
+    if result.error is not None and tolerances is not None:
+        ratio = error_ratio(result.error, y, result.y, tolerances.rtol, tolerances.atol, tolerances.columns)
+    order = error_order if result.error_order is None else result.error_order
+    accept, dt_next, prev_next = controller.adapt(h, ratio, prev_ratio, order)
+    accept = goal.screen(accept, result, running)
+    take = running & accept
+    stepper.commit(take)
+    dt_next = goal.limit(dt_next, dt, take, clipped, result, y, k)
+    y = torch.where(take[:, None], result.y, y)
+    k = torch.where(take[:, None], result.k, k)
+    t = goal.land(t, h, take, clipped)
+    accepted = accepted + take.long()
+    rejected = rejected + (running & ~accept).long()
+    dt = torch.where(running, dt_next, dt)
+    prev_ratio = torch.where(running, prev_next, prev_ratio)
+    counter = counter + 1
+    goal.record(counter, take, clipped, y, k, t)
+    goal.stop(goal.running() & underflow(dt, t, controller.dt_min, goal.time_scale, y.dtype))
+    return Carry(y, k, t, dt, prev_ratio, accepted, rejected, counter), result.evaluations

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import _checks
-from .history import history_combine, history_dot, write_slot
+from .history import filled, history_combine, history_dot, ring_slot, write_slot
 from .discrete import DiscreteSolver
 
 
@@ -50,55 +50,80 @@ class Anderson(DiscreteSolver):
     def init(self, z0, fz0):
         batch, dim = z0.shape
         m = self.m
+        # Under float16 / bfloat16 the history, the Gram matrix and the small system are kept in
+        # float32 (as GMRES does): a Gram entry of 65536 elements of size 1 overflows float16, and
+        # the small solve has no half kernels. The proposals are cast back to fn's dtype.
         work = torch.float32 if z0.dtype in (torch.float16, torch.bfloat16) else z0.dtype
-        # The bordered matrix [[0, 1^T], [1, 0]] and the right-hand side e_0, built once;
-        # each step copies the leading (n+1) block and adds the regularised Gram matrix.
-        border = z0.new_zeros(batch, m + 1, m + 1, dtype=work)
-        border[:, 0, 1:] = 1
-        border[:, 1:, 0] = 1
+        # The bordered matrix [[0, 1^T], [1, 0]] with a 1 only for slots already written
+        # (update sets them), and the right-hand side e_0, built once; each step copies it
+        # and adds the regularised Gram matrix.
+        border = z0.new_zeros(m + 1, m + 1, dtype=work)
         e0 = z0.new_zeros(batch, m + 1, dtype=work)
         e0[:, 0] = 1
         state = {
             # Ring buffers of past values fn(x_i) and residuals r_i = fn(x_i) - x_i. Storing
             # fn(x_i) rather than x_i makes the beta = 1 step a single product, sum alpha_i fn(x_i);
-            # x_i + beta r_i = fn(x_i) - (1 - beta) r_i. Only slots already written are read.
-            "f": z0.new_empty(batch, m, dim, dtype=work),
-            "r": z0.new_empty(batch, m, dim, dtype=work),
-            "gram": z0.new_zeros(batch, m, m, dtype=work),  # r r^T, kept incrementally
+            # x_i + beta r_i = fn(x_i) - (1 - beta) r_i. Slots not yet written hold zeros, so
+            # they add nothing to products over every slot (history.py).
+            "f": z0.new_zeros(batch, m, dim, dtype=work),
+            "r": z0.new_zeros(batch, m, dim, dtype=work),
+            "gram": z0.new_zeros(batch, m, m, dtype=work),  # r r^T, kept incrementally; zero outside written slots
             "border": border,
             "e0": e0,
-            "count": 0,
+            "count": torch.zeros(1, dtype=torch.long, device=z0.device),  # entries written so far
+            "positions": torch.arange(m, device=z0.device),
+            "written": torch.zeros(m, dtype=torch.bool, device=z0.device),
             "dtype": z0.dtype,  # of the proposals: fn's own
         }
         self.update(state, z0, fz0, None)
         return state
 
+    #: State entries shared by the whole batch (the others are per sample, batch first).
+    SHARED = ("border", "count", "positions", "written", "dtype")
+
+    def select(self, state, rows, batch):
+        # Explicit: a shared entry whose first size happens to equal the batch is not sliced.
+        return {key: value if key in self.SHARED else value.index_select(0, rows) for key, value in state.items()}
+
     def update(self, state, z, fz, active) -> None:
-        slot = state["count"] % self.m
-        n = min(state["count"] + 1, self.m)
-        state["f"] = write_slot(state["f"], slot, fz)
-        if torch.is_grad_enabled() and (z.requires_grad or fz.requires_grad or state["r"].requires_grad):
-            residual = (fz - z).to(state["r"].dtype)
-            state["r"] = write_slot(state["r"], slot, residual)
-        else:  # straight into the ring buffer: no temporary, no copy
-            residual = torch.sub(fz, z, out=state["r"][:, slot])
+        slot = ring_slot(state["count"], self.m)
+        work = state["r"].dtype  # float32 under half precision (init)
+        residual = (fz - z).to(work)
+        state["f"] = write_slot(state["f"], slot, fz.to(work))
+        state["r"] = write_slot(state["r"], slot, residual)
+        state["count"] = state["count"] + 1
+        n = filled(state["count"], self.m)  # written slots (host int) or None: all (history.py)
         # One pass over the history. (An einsum "bnd,bd->bn" lowers to a per-sample loop of
-        # matrix-vector products on CPU, several times slower; see history_dot.)
-        row = history_dot(state["r"][:, :n], residual)
+        # matrix-vector products on CPU, several times slower; see history_dot.) Unwritten
+        # slots are zero rows: their entries are exactly 0.
+        row = history_dot(state["r"] if n is None else state["r"][:, :n], residual)
         gram = write_slot(state["gram"], slot, row, columns=n)
-        gram[:, :n, slot] = row
-        state["gram"] = gram
-        state["count"] += 1
+        state["gram"] = write_slot(gram, slot, row, columns=n, dim=2)
+        written = state["positions"] < state["count"]
+        state["written"] = written
+        border = state["border"]  # never differentiated: updated in place
+        border[0, 1:] = written
+        border[1:, 0] = written
 
     def propose(self, state) -> torch.Tensor:
-        n = min(state["count"], self.m)
-        gram = state["gram"][:, :n, :n]
-        scale = gram.diagonal(dim1=1, dim2=2).mean(dim=1) + torch.finfo(gram.dtype).tiny
-        bordered = state["border"][:, : n + 1, : n + 1].clone()
+        n = filled(state["count"], self.m)
+        width = self.m if n is None else n
+        gram = state["gram"][:, :width, :width]
+        diagonal = gram.diagonal(dim1=1, dim2=2)
+        if n is None:
+            # Every slot: the mean of the Gram diagonal over the written ones (the others are
+            # 0), and an unwritten slot gets a 1 on the diagonal and no border entry, so its
+            # equation is alpha_i = 0, decoupled from the system of the written slots.
+            scale = diagonal.sum(dim=1) / state["count"].clamp(max=self.m) + torch.finfo(gram.dtype).tiny
+            shift = torch.where(state["written"], self.lam * scale[:, None], 1.0)
+        else:
+            scale = diagonal.mean(dim=1) + torch.finfo(gram.dtype).tiny
+            shift = (self.lam * scale)[:, None]
+        bordered = state["border"][: width + 1, : width + 1].expand(gram.shape[0], -1, -1).clone()
         bordered[:, 1:, 1:] += gram
-        bordered.diagonal(dim1=1, dim2=2)[:, 1:] += (self.lam * scale)[:, None]
-        alpha = torch.linalg.solve_ex(bordered, state["e0"][:, : n + 1])[0][:, 1:]
-        mixed = history_combine(alpha, state["f"][:, :n])
+        bordered.diagonal(dim1=1, dim2=2)[:, 1:] += shift
+        alpha = torch.linalg.solve_ex(bordered, state["e0"][:, : width + 1])[0][:, 1:]
+        mixed = history_combine(alpha, state["f"][:, :width])
         if self.beta != 1.0:
-            mixed = mixed - (1.0 - self.beta) * history_combine(alpha, state["r"][:, :n])
-        return mixed.to(state["dtype"])
+            mixed = mixed - (1.0 - self.beta) * history_combine(alpha, state["r"][:, :width])
+        return mixed.to(state["dtype"])  # a no-op unless the history is float32 under half precision

@@ -47,7 +47,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import _checks
-from .history import history_combine, history_dot, write_slot
+from .history import filled, history_combine, history_dot, read_slot, ring_slot, write_slot
 from .discrete import DiscreteSolver
 
 _INF = float("inf")
@@ -75,50 +75,57 @@ class Broyden(DiscreteSolver):
         # The buffers never hold more pairs than there are updates.
         slots = max(1, min(self.memory, self.max_iter))
         return {
-            "u": z0.new_empty(batch, slots, dim),  # only slots already written are read
-            "v": z0.new_empty(batch, slots, dim),
+            # Fixed shapes (history.py): slots not yet written hold zeros, a pair (0, 0) that
+            # changes nothing in the products below.
+            "u": z0.new_zeros(batch, slots, dim),
+            "v": z0.new_zeros(batch, slots, dim),
             "slots": slots,
             "z": z0,
             "fz": fz0,  # g = fz - z is formed per block of rows, never stored
             "h_g": h_g,  # H g; the solver's own tensor, overwritten in place without autograd
             "proposal": z0 - h_g,
-            "u_dz": None,  # U^T (proposal - z), once U holds pairs
+            "u_dz": z0.new_zeros(batch, slots),  # U^T (proposal - z)
             "fz_norm": torch.linalg.vector_norm(fz0, dim=1),  # per sample: g's rounding scale
-            "count": 0,
+            "count": torch.zeros(1, dtype=torch.long, device=z0.device),  # pairs written so far
         }
 
     def propose(self, state) -> torch.Tensor:
         return state["proposal"]  # z - H g, formed by the update
 
     def update(self, state, z, fz, active) -> None:
-        u, v, slots, count = state["u"], state["v"], state["slots"], state["count"]
-        ring = (min(count, slots), count % slots, count >= slots)  # pairs, slot to write, full
+        u, v, count, slots = state["u"], state["v"], state["count"], state["slots"]
+        slot = ring_slot(count, slots)
+        # The pairs the products run over: the written ones (a host int) or every slot (None;
+        # unwritten slots hold the pair (0, 0)); see history.py.
+        pairs = filled(count, slots)
         old = (state["z"], state["fz"], state["h_g"], state["u_dz"], state["fz_norm"])
         batch, dim = z.shape
         rows = batch
-        if z.device.type == "cpu" and not torch.is_grad_enabled():  # blocks write in place
+        # Blocks write in place (CPU, no autograd); under torch.compile the compiler fuses instead.
+        if z.device.type == "cpu" and not torch.is_grad_enabled() and not torch.compiler.is_compiling():
             rows = max(1, ROW_BYTES // (dim * z.element_size()))
         if rows >= batch:
-            u, v, h_g, proposal, u_dz, fz_norm = _update_rows(u, v, *ring, z, fz, *old, active)
+            u, v, h_g, proposal, u_dz, fz_norm = _update_rows(u, v, slot, pairs, z, fz, *old, active)
         else:
             h_g, proposal, parts = state["h_g"], torch.empty_like(z), []
             for start in range(0, batch, rows):
                 r = slice(start, start + rows)
-                old_rows = (x if x is None else x[r] for x in old)
-                parts.append(_update_rows(u[r], v[r], *ring, z[r], fz[r], *old_rows, active[r],
+                old_rows = (x[r] for x in old)
+                parts.append(_update_rows(u[r], v[r], slot, pairs, z[r], fz[r], *old_rows, active[r],
                                           out=proposal[r])[-2:])
             u_dz, fz_norm = (torch.cat(p) for p in zip(*parts))
         state.update(u=u, v=v, h_g=h_g, proposal=proposal, u_dz=u_dz, count=count + 1, z=z, fz=fz,
                      fz_norm=fz_norm)
 
 
-def _update_rows(u, v, n, slot, full, z, fz, z_old, fz_old, h_g_old, u_dz, fz_norm_old, active, out=None):
-    """The update of a block of rows (or of all rows): ``n`` pairs are stored, the new one
-    goes to ``slot`` (``full``: over the oldest); ``h_g_old = H g_old``, ``u_dz = U^T dz``
-    (``None`` while ``n == 0``) and ``fz_norm_old = ||fz_old||`` per sample. Returns ``u``,
-    ``v`` (see :func:`write_slot`), ``H_new g``, the next iterate ``z - H_new g`` (into ``out``
-    if given), ``U_new^T`` times its step and ``||fz||``. Without autograd ``H_new g``
-    overwrites ``h_g_old``."""
+def _update_rows(u, v, slot, pairs, z, fz, z_old, fz_old, h_g_old, u_dz, fz_norm_old, active, out=None):
+    """The update of a block of rows (or of all rows): the new pair goes to ``slot`` (over the
+    oldest pair once the ring is full); the products run over the first ``pairs`` slots
+    (``None``: every slot; unwritten ones hold the pair (0, 0)); ``h_g_old = H g_old``,
+    ``u_dz = U^T dz`` (every slot, zeros beyond the written ones) and ``fz_norm_old =
+    ||fz_old||`` per sample. Returns ``u``, ``v`` (see :func:`write_slot`), ``H_new g``, the
+    next iterate ``z - H_new g`` (into ``out`` if given), ``U_new^T`` times its step and
+    ``||fz||``. Without autograd ``H_new g`` overwrites ``h_g_old``."""
     # Without autograd, results overwrite temporaries that are no longer needed: fresh
     # memory for each would be slower than memory still in cache.
     reuse = (lambda t: None) if torch.is_grad_enabled() else (lambda t: t)
@@ -126,18 +133,16 @@ def _update_rows(u, v, n, slot, full, z, fz, z_old, fz_old, h_g_old, u_dz, fz_no
     dz = z - z_old
     dg = fz_old - z_old  # g_old, formed exactly as the previous update formed it
     dg = torch.sub(g, dg, out=reuse(dg))
-    if n:
-        un, vn = u[:, :n], v[:, :n]
-        # The pass over V: V^T g, and H^T dz = -dz + V (U^T dz).
-        vt_g = history_dot(vn, g)
-        v_new = history_combine(u_dz, vn)
-        v_new = torch.sub(v_new, dz, out=reuse(v_new))
-        # The pass over U: H g = -g + U (V^T g); H dg = H g - H g_old.
-        h_g = history_combine(vt_g, un)
-        h_g = torch.sub(h_g, g, out=reuse(h_g))
-        h_dg = h_g - h_g_old
-    else:
-        v_new, h_g, h_dg = -dz, -g, -dg
+    width = u.shape[1] if pairs is None else pairs
+    un, vn = u[:, :width], v[:, :width]
+    # The pass over V: V^T g, and H^T dz = -dz + V (U^T dz). (Unwritten pairs add exact zeros.)
+    vt_g = history_dot(vn, g)
+    v_new = history_combine(u_dz[:, :width], vn)
+    v_new = torch.sub(v_new, dz, out=reuse(v_new))
+    # The pass over U: H g = -g + U (V^T g); H dg = H g - H g_old.
+    h_g = history_combine(vt_g, un)
+    h_g = torch.sub(h_g, g, out=reuse(h_g))
+    h_dg = h_g - h_g_old
     denominator = torch.linalg.vecdot(v_new, dg)
     eps = torch.finfo(z.dtype).eps
     dz_norm = torch.linalg.vector_norm(dz, dim=1)
@@ -152,21 +157,19 @@ def _update_rows(u, v, n, slot, full, z, fz, z_old, fz_old, h_g_old, u_dz, fz_no
     u_new = torch.sub(dz, h_dg, out=reuse(dz))
     u_new = torch.div(u_new, safe_denominator[:, None], out=reuse(u_new))
     # A skipped update keeps whatever pair the slot held: zeros (no pair) while the ring
-    # fills, the oldest pair once it is full.
-    if full:
-        u_keep, v_keep = u[:, slot], v[:, slot]
-    else:
-        u_keep = v_keep = None
-    if z.device.type == "cpu" and bool(usable.all()):  # host read, free on CPU: no masked select
+    # fills, the oldest pair once it is full. (Copies where the slot is a device tensor:
+    # taken before the slot is overwritten below.)
+    u_keep, v_keep = read_slot(u, slot), read_slot(v, slot)
+    # Host read, free on CPU (eager): no masked select.
+    if z.device.type == "cpu" and not torch.compiler.is_compiling() and bool(usable.all()):
         u_slot, v_slot = u_new, v_new
     else:
-        u_slot = torch.where(usable[:, None], u_new, 0.0 if u_keep is None else u_keep)
-        v_slot = torch.where(usable[:, None], v_new, 0.0 if v_keep is None else v_keep)
+        u_slot = torch.where(usable[:, None], u_new, u_keep)
+        v_slot = torch.where(usable[:, None], v_new, v_keep)
     # H_new g = H g - u_old (v_old . g) + u_slot (v_slot . g), where (u_old, v_old) is the
-    # pair the slot held before (none while the ring fills). Read before the slot is written.
+    # pair the slot held before ((0, 0) while the ring fills). Read before the slot is written.
     h_g = torch.addcmul(h_g, u_slot, torch.linalg.vecdot(v_slot, g)[:, None], out=reuse(h_g_old))
-    if u_keep is not None:
-        h_g = torch.addcmul(h_g, u_keep, torch.linalg.vecdot(v_keep, g)[:, None], value=-1, out=reuse(h_g))
+    h_g = torch.addcmul(h_g, u_keep, torch.linalg.vecdot(v_keep, g)[:, None], value=-1, out=reuse(h_g))
     u = write_slot(u, slot, u_slot)
     v = write_slot(v, slot, v_slot)
     # The step -H g, capped at ||g|| / sqrt(eps) (see the module docstring). A capped step
@@ -178,5 +181,10 @@ def _update_rows(u, v, n, slot, full, z, fz, z_old, fz_old, h_g_old, u_dz, fz_no
     proposal = torch.addcmul(z, h_g, scale[:, None], value=-1, out=out)
     # A running sample's next dz is exactly proposal - z (the loop evaluates the proposal):
     # its U^T dz is computed now, while this block of U is likely still in cache.
-    u_dz = history_dot(u[:, :min(n + 1, u.shape[1])], torch.sub(proposal, z, out=reuse(g)))
+    step = torch.sub(proposal, z, out=reuse(g))
+    if pairs is None:
+        u_dz = history_dot(u, step)
+    else:  # the written pairs, now one more, and zeros for the others: u_dz keeps its shape
+        u_dz = torch.nn.functional.pad(history_dot(u[:, :min(pairs + 1, u.shape[1])], step),
+                                       (0, u.shape[1] - min(pairs + 1, u.shape[1])))
     return u, v, h_g, proposal, u_dz, fz_norm

@@ -11,6 +11,13 @@ and implements three methods:
 termination rule per sample (:class:`~pycdeq.solvers.tracker.SampleTracker`) and freezes
 finished samples, so a converged sample's state is bitwise unchanged afterwards and its
 iteration count is its own.
+
+One iteration is one call of :func:`step`: propose, evaluate ``fn``, freeze, update, observe,
+on device tensors only (the iteration counter included), with the same shapes every time.
+The host logic (the budget, reading the "any sample running?" flag, compaction) stays in
+:func:`_loop`. So under ``torch.compile`` the step compiles to one graph, once, and the host
+reads are the loop's only graph breaks (``docs/compile.md``); and the same step can be
+captured as a CUDA graph and replayed (``graph_block``, :mod:`.cuda_graph`).
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from typing import Any, Tuple
 import torch
 
 from .. import _checks
+from . import cuda_graph
 from .base import FlatMap, Solver
 from .solution import SolverRecord
 from .termination import Termination
@@ -39,6 +47,12 @@ class DiscreteSolver(Solver):
     # index_select, and so are the batch-aligned args of fn). Only valid when fn treats
     # samples independently (no BatchNorm with batch statistics).
     compact: bool = False
+    # CUDA only, opt-in: run the iterations as a CUDA graph of ``graph_block`` iterations,
+    # captured once per solve and replayed until every sample has stopped, with one host read
+    # of the stop flag per block (replacing ``termination.check_every``). 0: the eager loop.
+    # Needs fixed shapes (no compaction), no host logic in fn, and a solve without autograd
+    # (the implicit adjoints; not Unrolled). See :mod:`.cuda_graph`.
+    graph_block: int = field(default=0, kw_only=True)
 
     def __post_init__(self):
         _checks.positive_int("max_iter", self.max_iter, allow_zero=True)
@@ -46,6 +60,7 @@ class DiscreteSolver(Solver):
             raise TypeError(f"termination must be a Termination, got {type(self.termination).__name__}")
         if not isinstance(self.compact, bool):
             raise TypeError(f"compact must be a bool, got {type(self.compact).__name__}")
+        cuda_graph.check_options(self.graph_block, self.compact)
 
     # --- the three methods a solver implements -------------------------------------------
     @abstractmethod
@@ -75,58 +90,127 @@ def iterate(solver: DiscreteSolver, fn: FlatMap, z0: torch.Tensor, args: Tuple[t
 
     Iteration ``k`` evaluates ``fn`` on iterate ``z_k`` (``k = 0`` is the initial guess), so
     ``nfe = iterations + 1`` for the slowest sample. The host reads the "any sample still
-    running?" flag only every ``termination.check_interval`` iterations: on CUDA the loop
-    otherwise runs without device->host syncs, and the extra iterations are harmless because
-    stopped samples are frozen by ``torch.where``.
+    running?" flag only every ``termination.check_interval`` iterations (every
+    ``graph_block`` with the CUDA-graph loop): on CUDA the loop otherwise runs without
+    device->host syncs, and the extra iterations are harmless because stopped samples are
+    frozen by ``torch.where``.
     """
+    if solver.graph_block:
+        cuda_graph.check_inputs(z0)
+    loop = start(solver, fn, z0, args)
+    if solver.graph_block:
+        iteration, nfe = cuda_graph.run(loop, solver.max_iter, solver.graph_block)
+        return record(loop, loop.z, iteration, nfe)
+    z, iteration, nfe = _loop(loop, iteration=0, nfe=1)
+    return record(loop, z, iteration, nfe)
+
+
+def start(solver: DiscreteSolver, fn: FlatMap, z0: torch.Tensor, args: Tuple[torch.Tensor, ...] = ()) -> "Iteration":
+    """The loop before its first iteration: ``fn(z0)`` evaluated, the solver's memory built,
+    the initial guess observed (``nfe = 1``)."""
     tracker = SampleTracker(solver.termination, z0)
     fz = fn(z0, *args)
     state = solver.init(z0, fz)
-    z, iteration, nfe = _loop(solver, fn, args, z0, fz, state, tracker, iteration=0, nfe=1, observed=False)
-    z, residual, status = tracker.finish(z, solver.max_iter)
-    return SolverRecord(z=z, residual=residual, status=status, iterations=tracker.iterations,
+    tracker.observe(0, z0, fz)
+    return Iteration(solver, fn, args, state, tracker, z0, fz)
+
+
+def record(loop: "Iteration", z: torch.Tensor, iteration: int, nfe: int) -> SolverRecord:
+    """Close the books of a loop that ran ``iteration`` iterations with ``nfe`` calls and
+    ended at the iterates ``z``."""
+    z, residual, status = loop.tracker.finish(z, loop.solver.max_iter)
+    return SolverRecord(z=z, residual=residual, status=status, iterations=loop.tracker.iterations,
                         nfe=nfe, steps=iteration)
 
 
-def _loop(solver, fn, args, z, fz, state, tracker, *, iteration: int, nfe: int, observed: bool):
+class Iteration:
+    """What one iteration reads and writes: the solver's memory, the tracker's books, the
+    iterate ``z``, ``fz = fn(z)`` and the iteration counter (a 0-d device tensor, so that the
+    step takes no Python number that changes from one iteration to the next)."""
+
+    def __init__(self, solver: DiscreteSolver, fn: FlatMap, args: Tuple[torch.Tensor, ...], state: Any,
+                 tracker: SampleTracker, z: torch.Tensor, fz: torch.Tensor, counter: torch.Tensor | None = None):
+        self.solver, self.fn, self.args, self.state, self.tracker = solver, fn, args, state, tracker
+        self.z, self.fz = z, fz
+        self.counter = torch.zeros((), dtype=torch.long, device=z.device) if counter is None else counter
+
+    def step(self) -> None:
+        """One iteration of every sample; stopped samples are evaluated and kept frozen."""
+        self.z, self.fz, self.counter = step(self.solver, self.fn, self.args, self.state, self.tracker,
+                                             self.z, self.fz, self.counter)
+
+    def step_all_running(self) -> None:
+        """:meth:`step` for a batch known (on the host) to have every sample running: no
+        freezing selects (``where(all True, a, b)`` is ``a``)."""
+        self.z, self.fz, self.counter = step_all_running(self.solver, self.fn, self.args, self.state,
+                                                         self.tracker, self.z, self.fz, self.counter)
+
+    def running(self) -> int:
+        """How many samples still run (a host read: a sync on CUDA)."""
+        return int(self.tracker.active.sum())
+
+
+def _advance(solver, fn, args, state, tracker, z, fz, counter, freeze: bool):
+    active = tracker.active
+    proposal = solver.propose(state)
+    # Finished samples are evaluated at their frozen state: fn sees no garbage proposals.
+    z = torch.where(active[:, None], proposal, z) if freeze else proposal
+    fz_new = fn(z, *args)
+    fz = torch.where(active[:, None], fz_new, fz) if freeze else fz_new
+    solver.update(state, z, fz, active)
+    counter = counter + 1
+    tracker.observe(counter, z, fz)
+    return z, fz, counter
+
+
+# Two functions, not one with a flag: under torch.compile each is one frame compiled once
+# (a flag would be a guard, and its flip a recompilation).
+def step(solver, fn, args, state, tracker, z, fz, counter):
+    """One iteration: ``(z, fz, counter)`` after it; ``state`` and ``tracker`` are updated."""
+    return _advance(solver, fn, args, state, tracker, z, fz, counter, True)
+
+
+def step_all_running(solver, fn, args, state, tracker, z, fz, counter):
+    """:func:`step` when every sample runs (no freezing selects)."""
+    return _advance(solver, fn, args, state, tracker, z, fz, counter, False)
+
+
+def _loop(loop: Iteration, *, iteration: int, nfe: int):
     """Iterate from ``iteration`` on; returns the rows' final iterates, the iteration and nfe.
 
     With ``solver.compact``, once at most half of the rows still run, the loop continues on
     those rows alone (a recursive call on the selected rows, with the rows of ``args``) and
     merges the result back.
     """
-    interval = solver.termination.check_interval(z.device)
-    batch = z.shape[0]
-    while True:
-        if not observed:
-            tracker.observe(iteration, z, fz)
-        observed = False
-        if iteration >= solver.max_iter:
-            break
-        active = tracker.active
+    solver = loop.solver
+    interval = solver.termination.check_interval(loop.z.device)
+    batch = loop.z.shape[0]
+    while iteration < solver.max_iter:
         # Where the host reads the flags anyway (every iteration on CPU), a batch with every
-        # sample running skips the two freezing copies below: where(all True, a, b) is a.
-        all_running = False
+        # sample running skips the two freezing selects.
         if iteration % interval == 0:
-            running = int(active.sum())
+            running = loop.running()
             if running == 0:
                 break
             if solver.compact and running <= batch // 2:
-                rows = active.nonzero()[:, 0]
-                sub = tracker.select(rows)
-                args_rows = tuple(a.index_select(0, rows) for a in args)
-                z_rows, iteration, nfe = _loop(
-                    solver, fn, args_rows, z.index_select(0, rows), fz.index_select(0, rows),
-                    solver.select(state, rows, batch), sub, iteration=iteration, nfe=nfe, observed=True)
-                tracker.merge(rows, sub)
-                return z.index_copy(0, rows, z_rows), iteration, nfe
-            all_running = running == batch
-        # Finished samples are evaluated at their frozen state: fn sees no garbage proposals.
-        proposal = solver.propose(state)
-        z = proposal if all_running else torch.where(active[:, None], proposal, z)
-        fz_new = fn(z, *args)
-        fz = fz_new if all_running else torch.where(active[:, None], fz_new, fz)
-        nfe += 1
-        iteration += 1
-        solver.update(state, z, fz, active)
-    return z, iteration, nfe
+                return _compact(loop, iteration, nfe)
+            if running == batch:
+                loop.step_all_running()
+                iteration, nfe = iteration + 1, nfe + 1
+                continue
+        loop.step()
+        iteration, nfe = iteration + 1, nfe + 1
+    return loop.z, iteration, nfe
+
+
+def _compact(loop: Iteration, iteration: int, nfe: int):
+    """Continue on the rows still running only, then merge their books back."""
+    batch = loop.z.shape[0]
+    rows = loop.tracker.active.nonzero()[:, 0]
+    sub = loop.tracker.select(rows)
+    rows_loop = Iteration(loop.solver, loop.fn, tuple(a.index_select(0, rows) for a in loop.args),
+                          loop.solver.select(loop.state, rows, batch), sub, loop.z.index_select(0, rows),
+                          loop.fz.index_select(0, rows), loop.counter)
+    z_rows, iteration, nfe = _loop(rows_loop, iteration=iteration, nfe=nfe)
+    loop.tracker.merge(rows, sub)
+    return loop.z.index_copy(0, rows, z_rows), iteration, nfe

@@ -61,6 +61,11 @@ class AdamsBashforth:
             self._h2 = torch.ones_like(h)
             self._count = torch.zeros(h.shape, dtype=torch.long, device=h.device)
 
+    def start(self, k: torch.Tensor, dt: torch.Tensor) -> None:
+        """Allocate the history before the first step (so that every step is the same
+        computation: under torch.compile, one graph)."""
+        self._ensure_history(k, dt)
+
     def step(self, rhs: FlatField, t: Optional[torch.Tensor], y: torch.Tensor, k1: torch.Tensor,
              dt: torch.Tensor, *, stiffness: bool = False) -> StepResult:
         """One step of size ``dt`` (per sample) from ``(t, y, f_n = k1)`` at each sample's order.

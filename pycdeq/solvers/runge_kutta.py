@@ -114,5 +114,8 @@ class RungeKutta:
                 estimate = secant(ks[-1], ks[-2], y_new, y_prev_stage)
         return StepResult(y_new, k_new, error, evaluations, estimate)
 
+    def start(self, k: torch.Tensor, dt: torch.Tensor) -> None:
+        """A one-step method keeps no history: nothing to prepare before the first step."""
+
     def commit(self, take: torch.Tensor) -> None:
         """A one-step method keeps no history: nothing to do when samples accept a step."""

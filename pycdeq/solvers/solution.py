@@ -51,12 +51,12 @@ class _PerSampleStatus:
     @property
     def converged(self) -> torch.Tensor:
         """(batch,) bool: which samples passed the termination test."""
-        return self.status == Status.CONVERGED
+        return self.status == int(Status.CONVERGED)  # a plain int: IntEnum members compare wrongly under torch.compile
 
     @property
     def num_nonconverged(self) -> int:
         """How many samples did not converge (one host sync)."""
-        return int((self.status != Status.CONVERGED).sum().item())
+        return int((self.status != int(Status.CONVERGED)).sum().item())
 
     def status_counts(self) -> Dict[str, int]:
         """``{status name: count}`` over the batch, for logs (one host sync)."""
@@ -105,6 +105,10 @@ class Solution(SolverRecord):
     def from_record(cls, record: SolverRecord, *, z: State, z0: State, extra_nfe: int = 0,
                     adjoint: Optional["AdjointStats"] = None) -> "Solution":
         """The solution of a solve whose solver returned ``record``."""
-        values = {f.name: getattr(record, f.name) for f in fields(SolverRecord)}
+        values = {name: getattr(record, name) for name in _RECORD_FIELDS}
         values.update(z=z, nfe=record.nfe + extra_nfe)
         return cls(**values, z0=z0, adjoint=adjoint)
+
+
+# Read once: torch.compile cannot trace dataclasses.fields on a class (a graph break per solve).
+_RECORD_FIELDS = tuple(f.name for f in fields(SolverRecord))

@@ -48,7 +48,9 @@ class SteadyState(adaptive.Goal):
         self.stability_factor = stability_factor
         self.stiffness = stability_factor is not None
         self.boundary = stability_boundary
-        self.rho = None  # running max of the stiffness estimate, per sample
+        # Running max of the stiffness estimate, per sample (allocated here, not on the first
+        # step: under torch.compile a step that sometimes allocates would compile twice).
+        self.rho = torch.zeros(tracker.status.shape, dtype=tdtype, device=tracker.status.device)
         self.tdtype = tdtype
 
     def running(self) -> torch.Tensor:
@@ -63,7 +65,7 @@ class SteadyState(adaptive.Goal):
         with torch.no_grad():
             estimate = result.stiffness if result.stiffness is not None else secant(result.k, k, result.y, y)
             estimate = estimate.to(self.tdtype)
-            rho = torch.zeros_like(estimate) if self.rho is None else self.rho
+            rho = self.rho
             self.rho = torch.where(take & torch.isfinite(estimate), torch.maximum(rho, estimate), rho)
             return torch.minimum(dt_next, stability_limit(self.rho, self.boundary, self.stability_factor))
 

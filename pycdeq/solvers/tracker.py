@@ -75,7 +75,7 @@ class SampleTracker:
         self.best_residual = torch.where(better, residual, self.best_residual)
         if recording:
             self.best_z = torch.where(better[:, None], z, self.best_z)
-        elif z.device.type == "cpu" and bool(better.all()):
+        elif z.device.type == "cpu" and not torch.compiler.is_compiling() and bool(better.all()):
             # The common case, read on the host where that is free: a plain copy, several
             # times cheaper than a masked select over the whole state.
             self.best_z.copy_(z)
@@ -84,6 +84,12 @@ class SampleTracker:
 
     _PER_SAMPLE = ("status", "iterations", "residual", "best_residual", "best_z", "initial_residual",
                    "_difference")
+
+    @classmethod
+    def per_sample_books(cls) -> Tuple[str, ...]:
+        """The names of the per-sample tensors the tracker updates (the CUDA-graph loop
+        keeps them in static buffers)."""
+        return cls._PER_SAMPLE
 
     def select(self, rows: torch.Tensor) -> "SampleTracker":
         """A tracker for the batch rows ``rows`` only (compaction), sharing the rule."""
@@ -109,9 +115,11 @@ class SampleTracker:
         sample returns its best iterate.
         """
         running = self.active
-        self.status = torch.where(running, torch.full_like(self.status, Status.MAX_ITERS), self.status)
+        # Plain ints, not Status members: torch.compile (2.13) turns ``tensor == IntEnum``
+        # into a Python bool.
+        self.status = torch.where(running, torch.full_like(self.status, int(Status.MAX_ITERS)), self.status)
         self.iterations = torch.where(running, torch.full_like(self.iterations, budget), self.iterations)
-        use_best = self.status == Status.NON_FINITE
+        use_best = self.status == int(Status.NON_FINITE)
         if self.termination.best:
             use_best = use_best | (self.best_residual < self.residual)
         z = torch.where(use_best[:, None], self.best_z, z)

@@ -60,7 +60,7 @@ def _tensors(data: Data, name: str) -> Tuple[torch.Tensor, torch.Tensor]:
 
 
 def _nonconverged(solution) -> torch.Tensor:
-    return (solution.status != Status.CONVERGED).sum()
+    return (solution.status != int(Status.CONVERGED)).sum()
 
 
 class Trainer:

@@ -63,7 +63,8 @@ class Goal(ABC):
         derivative the step started from)."""
         return dt_next
 
-    def land(self, t: torch.Tensor, h: torch.Tensor, take: torch.Tensor, clipped: Optional[torch.Tensor]) -> torch.Tensor:
+    def land(self, t: torch.Tensor, h: torch.Tensor, take: torch.Tensor,
+             clipped: Optional[torch.Tensor]) -> torch.Tensor:
         """The time after the step, for every sample (``t`` where the step was not taken)."""
         return torch.where(take, t + h, t)
 

@@ -29,8 +29,8 @@ from dataclasses import dataclass
 import torch
 
 from .. import _checks
-from .history import filled, history_combine, history_dot, ring_slot, write_slot
 from .discrete import DiscreteSolver
+from .history import filled, history_combine, history_dot, ring_slot, write_slot
 
 
 @dataclass(frozen=True)

@@ -47,8 +47,8 @@ from dataclasses import dataclass
 import torch
 
 from .. import _checks
-from .history import filled, history_combine, history_dot, read_slot, ring_slot, write_slot
 from .discrete import DiscreteSolver
+from .history import filled, history_combine, history_dot, read_slot, ring_slot, write_slot
 
 _INF = float("inf")
 
@@ -110,9 +110,9 @@ class Broyden(DiscreteSolver):
             h_g, proposal, parts = state["h_g"], torch.empty_like(z), []
             for start in range(0, batch, rows):
                 r = slice(start, start + rows)
-                old_rows = (x[r] for x in old)
-                parts.append(_update_rows(u[r], v[r], slot, pairs, z[r], fz[r], *old_rows, active[r],
-                                          out=proposal[r])[-2:])
+                z_old, fz_old, h_g_old, u_dz_old, fz_norm_old = (x[r] for x in old)
+                parts.append(_update_rows(u[r], v[r], slot, pairs, z[r], fz[r], z_old, fz_old, h_g_old, u_dz_old,
+                                          fz_norm_old, active[r], out=proposal[r])[-2:])
             u_dz, fz_norm = (torch.cat(p) for p in zip(*parts))
         state.update(u=u, v=v, h_g=h_g, proposal=proposal, u_dz=u_dz, count=count + 1, z=z, fz=fz,
                      fz_norm=fz_norm)

@@ -1,4 +1,4 @@
-"""The MDEQ building blocks compute exactly what architectures.md §2 writes down."""
+"""The MDEQ building blocks compute exactly what docs/architectures.md §4 writes down."""
 
 from __future__ import annotations
 

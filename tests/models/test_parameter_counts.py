@@ -1,6 +1,6 @@
 """Parameter counts of the paper's models, per variant and per component.
 
-The expected numbers are those of architectures.md §0 / §3 / §4 (trainable parameters only;
+The expected numbers are those of docs/architectures.md §2, §6, §7 (trainable parameters only;
 weight-normalised convs count ``v`` and ``g``; BatchNorm running statistics are buffers).
 The large model is built on the ``meta`` device: counting needs no memory and no forward.
 """

@@ -30,7 +30,7 @@ import torch
 
 from .. import _checks
 from .discrete import DiscreteSolver
-from .history import filled, history_combine, history_dot, ring_slot, write_slot
+from .history import filled, history_combine, history_dot, host_index, ring_slot, write_slot
 
 
 @dataclass(frozen=True)
@@ -86,24 +86,28 @@ class Anderson(DiscreteSolver):
         return {key: value if key in self.SHARED else value.index_select(0, rows) for key, value in state.items()}
 
     def update(self, state, z, fz, active) -> None:
-        slot = ring_slot(state["count"], self.m)
+        # Where the count can be read for free (CPU, eager): the slot as an int and the
+        # products over the written slots only; else (CUDA, torch.compile) tensors, every slot.
+        written = host_index(state["count"])
+        slot = ring_slot(state["count"], self.m) if written is None else written % self.m
         work = state["r"].dtype  # float32 under half precision (init)
         residual = (fz - z).to(work)
         state["f"] = write_slot(state["f"], slot, fz.to(work))
         state["r"] = write_slot(state["r"], slot, residual)
         state["count"] = state["count"] + 1
-        n = filled(state["count"], self.m)  # written slots (host int) or None: all (history.py)
+        n = None if written is None else min(written + 1, self.m)  # written slots, or None: all
         # One pass over the history. (An einsum "bnd,bd->bn" lowers to a per-sample loop of
         # matrix-vector products on CPU, several times slower; see history_dot.) Unwritten
         # slots are zero rows: their entries are exactly 0.
         row = history_dot(state["r"] if n is None else state["r"][:, :n], residual)
         gram = write_slot(state["gram"], slot, row, columns=n)
         state["gram"] = write_slot(gram, slot, row, columns=n, dim=2)
-        written = state["positions"] < state["count"]
-        state["written"] = written
-        border = state["border"]  # never differentiated: updated in place
-        border[0, 1:] = written
-        border[1:, 0] = written
+        if written is None or written < self.m:  # the ring is still filling (or we cannot tell)
+            mask = state["positions"] < state["count"]
+            state["written"] = mask
+            border = state["border"]  # never differentiated: updated in place
+            border[0, 1:] = mask
+            border[1:, 0] = mask
 
     def propose(self, state) -> torch.Tensor:
         n = filled(state["count"], self.m)

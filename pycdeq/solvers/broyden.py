@@ -48,7 +48,7 @@ import torch
 
 from .. import _checks
 from .discrete import DiscreteSolver
-from .history import filled, history_combine, history_dot, read_slot, ring_slot, write_slot
+from .history import history_combine, history_dot, host_index, read_slot, ring_slot, write_slot
 
 _INF = float("inf")
 
@@ -94,10 +94,15 @@ class Broyden(DiscreteSolver):
 
     def update(self, state, z, fz, active) -> None:
         u, v, count, slots = state["u"], state["v"], state["count"], state["slots"]
-        slot = ring_slot(count, slots)
-        # The pairs the products run over: the written ones (a host int) or every slot (None;
-        # unwritten slots hold the pair (0, 0)); see history.py.
-        pairs = filled(count, slots)
+        # Where the count can be read for free (CPU, eager): the slot as an int, the products
+        # over the written pairs only, and no old pair to remove while the ring fills. Else
+        # (CUDA, torch.compile) the slot stays a tensor and the products run over every slot
+        # (unwritten slots hold the pair (0, 0)); see history.py.
+        written = host_index(count)
+        if written is None:
+            slot, pairs, full = ring_slot(count, slots), None, True
+        else:
+            slot, pairs, full = written % slots, min(written, slots), written >= slots
         old = (state["z"], state["fz"], state["h_g"], state["u_dz"], state["fz_norm"])
         batch, dim = z.shape
         rows = batch
@@ -105,25 +110,24 @@ class Broyden(DiscreteSolver):
         if z.device.type == "cpu" and not torch.is_grad_enabled() and not torch.compiler.is_compiling():
             rows = max(1, ROW_BYTES // (dim * z.element_size()))
         if rows >= batch:
-            u, v, h_g, proposal, u_dz, fz_norm = _update_rows(u, v, slot, pairs, z, fz, *old, active)
+            u, v, h_g, proposal, u_dz, fz_norm = _update_rows(u, v, slot, pairs, full, z, fz, *old, active)
         else:
             h_g, proposal, parts = state["h_g"], torch.empty_like(z), []
             for start in range(0, batch, rows):
                 r = slice(start, start + rows)
                 z_old, fz_old, h_g_old, u_dz_old, fz_norm_old = (x[r] for x in old)
-                parts.append(_update_rows(u[r], v[r], slot, pairs, z[r], fz[r], z_old, fz_old, h_g_old, u_dz_old,
-                                          fz_norm_old, active[r], out=proposal[r])[-2:])
+                parts.append(_update_rows(u[r], v[r], slot, pairs, full, z[r], fz[r], z_old, fz_old, h_g_old,
+                                          u_dz_old, fz_norm_old, active[r], out=proposal[r])[-2:])
             u_dz, fz_norm = (torch.cat(p) for p in zip(*parts))
         state.update(u=u, v=v, h_g=h_g, proposal=proposal, u_dz=u_dz, count=count + 1, z=z, fz=fz,
                      fz_norm=fz_norm)
 
 
-def _update_rows(u, v, slot, pairs, z, fz, z_old, fz_old, h_g_old, u_dz, fz_norm_old, active, out=None):
+def _update_rows(u, v, slot, pairs, full, z, fz, z_old, fz_old, h_g_old, u_dz, fz_norm_old, active, out=None):
     """The update of a block of rows (or of all rows): the new pair goes to ``slot`` (over the
-    oldest pair once the ring is full); the products run over the first ``pairs`` slots
+    oldest pair once the ring is ``full``); the products run over the first ``pairs`` slots
     (``None``: every slot; unwritten ones hold the pair (0, 0)); ``h_g_old = H g_old``,
-    ``u_dz = U^T dz`` (every slot, zeros beyond the written ones) and ``fz_norm_old =
-    ||fz_old||`` per sample. Returns ``u``, ``v`` (see :func:`write_slot`), ``H_new g``, the
+    ``u_dz = U^T dz`` (over the same slots) and ``fz_norm_old = ||fz_old||`` per sample. Returns ``u``, ``v`` (see :func:`write_slot`), ``H_new g``, the
     next iterate ``z - H_new g`` (into ``out`` if given), ``U_new^T`` times its step and
     ``||fz||``. Without autograd ``H_new g`` overwrites ``h_g_old``."""
     # Without autograd, results overwrite temporaries that are no longer needed: fresh
@@ -159,17 +163,18 @@ def _update_rows(u, v, slot, pairs, z, fz, z_old, fz_old, h_g_old, u_dz, fz_norm
     # A skipped update keeps whatever pair the slot held: zeros (no pair) while the ring
     # fills, the oldest pair once it is full. (Copies where the slot is a device tensor:
     # taken before the slot is overwritten below.)
-    u_keep, v_keep = read_slot(u, slot), read_slot(v, slot)
+    u_keep, v_keep = (read_slot(u, slot), read_slot(v, slot)) if full else (None, None)
     # Host read, free on CPU (eager): no masked select.
     if z.device.type == "cpu" and not torch.compiler.is_compiling() and bool(usable.all()):
         u_slot, v_slot = u_new, v_new
     else:
-        u_slot = torch.where(usable[:, None], u_new, u_keep)
-        v_slot = torch.where(usable[:, None], v_new, v_keep)
+        u_slot = torch.where(usable[:, None], u_new, 0.0 if u_keep is None else u_keep)
+        v_slot = torch.where(usable[:, None], v_new, 0.0 if v_keep is None else v_keep)
     # H_new g = H g - u_old (v_old . g) + u_slot (v_slot . g), where (u_old, v_old) is the
-    # pair the slot held before ((0, 0) while the ring fills). Read before the slot is written.
+    # pair the slot held before (none while the ring fills). Read before the slot is written.
     h_g = torch.addcmul(h_g, u_slot, torch.linalg.vecdot(v_slot, g)[:, None], out=reuse(h_g_old))
-    h_g = torch.addcmul(h_g, u_keep, torch.linalg.vecdot(v_keep, g)[:, None], value=-1, out=reuse(h_g))
+    if u_keep is not None and v_keep is not None:
+        h_g = torch.addcmul(h_g, u_keep, torch.linalg.vecdot(v_keep, g)[:, None], value=-1, out=reuse(h_g))
     u = write_slot(u, slot, u_slot)
     v = write_slot(v, slot, v_slot)
     # The step -H g, capped at ||g|| / sqrt(eps) (see the module docstring). A capped step
@@ -182,9 +187,7 @@ def _update_rows(u, v, slot, pairs, z, fz, z_old, fz_old, h_g_old, u_dz, fz_norm
     # A running sample's next dz is exactly proposal - z (the loop evaluates the proposal):
     # its U^T dz is computed now, while this block of U is likely still in cache.
     step = torch.sub(proposal, z, out=reuse(g))
-    if pairs is None:
-        u_dz = history_dot(u, step)
-    else:  # the written pairs, now one more, and zeros for the others: u_dz keeps its shape
-        u_dz = torch.nn.functional.pad(history_dot(u[:, :min(pairs + 1, u.shape[1])], step),
-                                       (0, u.shape[1] - min(pairs + 1, u.shape[1])))
+    # Over the pairs the next update's products run over: every slot, or the written ones,
+    # now one more.
+    u_dz = history_dot(u if pairs is None else u[:, :min(pairs + 1, u.shape[1])], step)
     return u, v, h_g, proposal, u_dz, fz_norm

@@ -41,7 +41,7 @@ def ring_slot(count: torch.Tensor, slots: int) -> torch.Tensor:
     return torch.remainder(count, slots)
 
 
-def _host_index(index: torch.Tensor) -> int | None:
+def host_index(index: torch.Tensor) -> int | None:
     """``index`` as a Python int where reading it is free (a CPU tensor, eager mode, not
     :func:`fixed_shapes`), else None.
 
@@ -57,7 +57,7 @@ def _host_index(index: torch.Tensor) -> int | None:
 def filled(count: torch.Tensor, slots: int) -> int | None:
     """How many slots of a ring of ``slots`` that received ``count`` entries are written, as
     a host int where that read is free; ``None`` elsewhere: work on every slot."""
-    index = _host_index(count)
+    index = host_index(count)
     return None if index is None else min(index, slots)
 
 
@@ -73,7 +73,7 @@ def write_slot(buffer: torch.Tensor, slot: int | torch.Tensor, value: torch.Tens
     if torch.is_grad_enabled() and (buffer.requires_grad or value.requires_grad):
         buffer = buffer.clone()
     if torch.is_tensor(slot):
-        index = _host_index(slot)
+        index = host_index(slot)
         if index is None:
             if columns is not None:
                 raise ValueError("write_slot: columns needs an int slot")
@@ -86,10 +86,10 @@ def write_slot(buffer: torch.Tensor, slot: int | torch.Tensor, value: torch.Tens
     return buffer
 
 
-def read_slot(buffer: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
-    """``buffer[:, slot]`` for a ``(1,)`` long tensor ``slot``: a view where the slot can be
-    read for free (CPU, eager), else a gathered copy."""
-    index = _host_index(slot)
+def read_slot(buffer: torch.Tensor, slot: int | torch.Tensor) -> torch.Tensor:
+    """``buffer[:, slot]`` for an int or a ``(1,)`` long tensor ``slot``: a view where the slot
+    can be read for free (an int, or CPU in eager mode), else a gathered copy."""
+    index = slot if isinstance(slot, int) else host_index(slot)
     if index is None:
         return buffer.index_select(1, slot)[:, 0]
     return buffer[:, index]

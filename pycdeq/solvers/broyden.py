@@ -127,9 +127,10 @@ def _update_rows(u, v, slot, pairs, full, z, fz, z_old, fz_old, h_g_old, u_dz, f
     """The update of a block of rows (or of all rows): the new pair goes to ``slot`` (over the
     oldest pair once the ring is ``full``); the products run over the first ``pairs`` slots
     (``None``: every slot; unwritten ones hold the pair (0, 0)); ``h_g_old = H g_old``,
-    ``u_dz = U^T dz`` (over the same slots) and ``fz_norm_old = ||fz_old||`` per sample. Returns ``u``, ``v`` (see :func:`write_slot`), ``H_new g``, the
-    next iterate ``z - H_new g`` (into ``out`` if given), ``U_new^T`` times its step and
-    ``||fz||``. Without autograd ``H_new g`` overwrites ``h_g_old``."""
+    ``u_dz = U^T dz`` (over the same slots) and ``fz_norm_old = ||fz_old||`` per sample.
+    Returns ``u``, ``v`` (see :func:`write_slot`), ``H_new g``, the next iterate
+    ``z - H_new g`` (into ``out`` if given), ``U_new^T`` times its step and ``||fz||``.
+    Without autograd ``H_new g`` overwrites ``h_g_old``."""
     # Without autograd, results overwrite temporaries that are no longer needed: fresh
     # memory for each would be slower than memory still in cache.
     reuse = (lambda t: None) if torch.is_grad_enabled() else (lambda t: t)

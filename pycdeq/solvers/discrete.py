@@ -45,6 +45,7 @@ class DiscreteSolver:
             raise TypeError(f"termination must be a Termination, got {type(self.termination).__name__}")
         if not isinstance(self.compact, bool):
             raise TypeError(f"compact must be a bool, got {type(self.compact).__name__}")
+        self.termination.check_compact(self.compact)
 
     # --- the three methods a solver implements -------------------------------------------
     def init(self, z0: torch.Tensor, fz0: torch.Tensor) -> Any:

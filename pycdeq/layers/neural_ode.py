@@ -8,8 +8,21 @@ solve). ``rhs="f"`` with ``output="f_of_state"`` reproduces the paper-era baseli
 (``dz/dt = f(z, x)``, output ``f(z(1), x)``). The benchmarks use the default.
 
 Gradients: ``adjoint="backprop"`` differentiates through the accepted steps (memory grows
-with the steps); ``adjoint="backsolve"`` integrates the continuous adjoint backwards
-(constant memory), with the parameters of ``f`` and the input ``x`` as its parameters.
+with the steps); a continuous adjoint (``"backsolve"``, ``"interpolating"`` or an option
+object of :mod:`pycdeq.solvers.ode_adjoint`) integrates the adjoint backwards, with the
+parameters of ``f`` and the input ``x`` as its parameters. The paper's baseline is
+``NeuralODE(f, VCAB3(rtol=0.05, atol=0.05, max_steps=18), rhs="f", output="f_of_state",
+adjoint=InterpolatingAdjoint(seminorm=False), input_gradient="final_call")``
+(:func:`pycdeq.models.paper_protocol.protocol_options`).
+
+``input_gradient="final_call"`` hands ``x`` to the integration detached, as the reference's
+closure-captured input was: ``x`` then gets gradient only through the final ``f(z(t1), x)``
+call (``output="f_of_state"``), and the continuous adjoint carries no accumulator for it.
+
+``fixed_depth > 0`` replaces the integration by ``fixed_depth`` plain applications of ``f``
+from ``z(0) = 0`` with backprop (the reference's unrolled pretraining, which it applies to
+every model type, the Neural ODE included; the ``output`` option applies after it, as in
+the DEQ layer). The trainer sets it during ``TrainConfig.pretrain_steps``.
 """
 
 from __future__ import annotations
@@ -20,7 +33,8 @@ from torch import nn
 from .. import _checks
 from ..solvers._state import StatePacker
 from ..solvers.integrate import integrate
-from ..solvers.solution import Solution
+from ..solvers.ode_adjoint import resolve_adjoint
+from ..solvers.solution import Solution, Status
 from .deq import _check_input, _zeros
 
 
@@ -30,7 +44,8 @@ class NeuralODE(nn.Module):
     variant = "node"
 
     def __init__(self, f: nn.Module, method, *, t1: float = 1.0, rhs: str = "f_minus_z",
-                 adjoint: str = "backprop", output: str = "state", state_shape=None):
+                 adjoint="backprop", output: str = "state", state_shape=None,
+                 input_gradient: str = "implicit", fixed_depth: int = 0):
         super().__init__()
         if not callable(f):
             raise TypeError(f"f must be a callable nn.Module f(z, x), got {type(f).__name__}")
@@ -38,8 +53,9 @@ class NeuralODE(nn.Module):
             raise TypeError(f"method must be an ODE method (Tsit5(), Dopri5(), ...), got {type(method).__name__}")
         _checks.positive("t1", t1)
         _checks.one_of("rhs", rhs, ("f_minus_z", "f"))
-        _checks.one_of("adjoint", adjoint, ("backprop", "backsolve"))
+        resolve_adjoint(adjoint)  # validates; kept as given (a name or an option)
         _checks.one_of("output", output, ("state", "f_of_state"))
+        _checks.one_of("input_gradient", input_gradient, ("implicit", "final_call"))
         self.f = f
         self.g = None
         self.method = method
@@ -48,15 +64,29 @@ class NeuralODE(nn.Module):
         self.adjoint = adjoint
         self.output = output
         self.state_shape = state_shape
+        self.input_gradient = input_gradient
+        self.fixed_depth = fixed_depth
+
+    @property
+    def fixed_depth(self) -> int:
+        return self._fixed_depth
+
+    @fixed_depth.setter
+    def fixed_depth(self, depth: int) -> None:
+        _checks.positive_int("fixed_depth", depth, allow_zero=True)
+        self._fixed_depth = depth
 
     def forward(self, x: torch.Tensor):
         _check_input(x)
         z0 = _zeros(self.state_shape, x)
+        x_solve = x.detach() if self.input_gradient == "final_call" else x
+        if self.fixed_depth > 0:
+            return self._unrolled(z0, x_solve, x)
         subtract = self.rhs == "f_minus_z"
         packer = StatePacker(z0, "z0")
 
         def rhs(t, z):
-            fz = self.f(z, x)
+            fz = self.f(z, x_solve)
             packer.check_output(fz, "f")
             if not subtract:
                 return fz
@@ -64,7 +94,7 @@ class NeuralODE(nn.Module):
                 return tuple(a - b for a, b in zip(fz, z))
             return fz - z
 
-        params = [*self.f.parameters(), x] if self.adjoint == "backsolve" else None
+        params = None if self.adjoint == "backprop" else [*self.f.parameters(), x_solve]
         trajectory = integrate(rhs, z0, self.t1, self.method, adjoint=self.adjoint, params=params)
         z = trajectory.z
         nfe = trajectory.nfe
@@ -78,4 +108,24 @@ class NeuralODE(nn.Module):
             status=trajectory.status, iterations=trajectory.accepted_steps + trajectory.rejected_steps,
             nfe=nfe, steps=trajectory.steps, accepted_steps=trajectory.accepted_steps,
             rejected_steps=trajectory.rejected_steps, t=trajectory.t, skip_loss=zero, jacobian_loss=zero)
+        # The continuous adjoint's backward cost (nfe, steps, status), filled in by backward.
+        solution.extra["adjoint"] = trajectory.adjoint
+        return z, solution
+
+    def _unrolled(self, z0, x_solve: torch.Tensor, x: torch.Tensor):
+        """``fixed_depth`` applications of ``f`` from ``z0`` (pretraining), then the output option;
+        ``x_solve`` stands in for the integration's input, as in the DEQ layer's unrolled mode."""
+        z = z0
+        for _ in range(self.fixed_depth):
+            z = self.f(z, x_solve)
+        nfe = self.fixed_depth
+        if self.output == "f_of_state":
+            z, nfe = self.f(z, x), nfe + 1
+        flat = StatePacker(z0, "z0").pack(z)
+        batch, zero = flat.shape[0], flat.new_zeros(())
+        steps = torch.full((batch,), self.fixed_depth, dtype=torch.long, device=flat.device)
+        solution = Solution(
+            z=z, z0=z0, residual=torch.full((batch,), float("nan"), dtype=flat.dtype, device=flat.device),
+            status=torch.full((batch,), int(Status.CONVERGED), dtype=torch.int8, device=flat.device),
+            iterations=steps, nfe=nfe, steps=self.fixed_depth, skip_loss=zero, jacobian_loss=zero)
         return z, solution

@@ -21,11 +21,13 @@ from torch import nn
 from .. import _checks
 from ..adjoints.methods import Adjoint
 from ..layers.regularizers import JacobianRegularization
+from ..solvers.ode_adjoint import ADJOINT_NAMES
+from ..solvers.ode_adjoint import resolve_adjoint as resolve_ode_adjoint
 from . import defaults
 
 ARCHITECTURES = ("mnist-dense", "mnist-conv", "cifar10-small", "cifar10-large")
 VARIANTS = ("vanilla", "skip", "skip_reg", "node")
-NODE_ADJOINTS = ("backprop", "backsolve")
+NODE_ADJOINTS = ADJOINT_NAMES
 
 
 def _int_tuple(name: str, value) -> Tuple[int, ...]:
@@ -126,11 +128,13 @@ class ModelConfig:
         solver: DEQ: a discrete solver or an ODE method matching ``continuous``; Neural ODE:
             the ODE method. Default: the paper's (:mod:`pycdeq.models.defaults`).
         adjoint: DEQ: ``GMRES`` / ``FixedPointAdjoint`` / ``JFB`` / ``Unrolled`` (default: the
-            paper's GMRES settings); Neural ODE: ``"backprop"`` (default) or ``"backsolve"``.
+            paper's GMRES settings); Neural ODE: ``"backprop"`` (default), ``"backsolve"``,
+            ``"interpolating"`` or a :mod:`pycdeq.solvers.ode_adjoint` option.
         output: ``"iterate"`` (the solver's state, default) or ``"f_of_iterate"`` (one more
             ``f`` application, as the paper-era code returned).
         input_gradient, on_nonconvergence, jacobian_reg: DEQ layer options (see
-            :class:`pycdeq.layers.deq.DEQ`); Neural ODE: must stay at their defaults.
+            :class:`pycdeq.layers.deq.DEQ`); Neural ODE: ``input_gradient`` applies (see
+            :class:`pycdeq.layers.neural_ode.NeuralODE`), the other two stay at their defaults.
         t1, rhs: Neural ODE options (see :class:`pycdeq.layers.neural_ode.NeuralODE`); DEQ
             variants: must stay at their defaults.
     """
@@ -204,10 +208,7 @@ class ModelConfig:
         adjoint = self.adjoint
         if node:
             adjoint = "backprop" if adjoint is None else adjoint
-            if not isinstance(adjoint, str):
-                raise TypeError(f"adjoint of variant 'node' must be one of {NODE_ADJOINTS}, "
-                                f"got {type(adjoint).__name__}")
-            _checks.one_of("adjoint", adjoint, NODE_ADJOINTS)
+            resolve_ode_adjoint(adjoint)  # a name of NODE_ADJOINTS or a continuous-adjoint option
         else:
             adjoint = defaults.adjoint(self.architecture) if adjoint is None else adjoint
             if not isinstance(adjoint, Adjoint):
@@ -217,7 +218,8 @@ class ModelConfig:
 
     def _check_variant_options(self) -> None:
         if self.variant == "node":
-            inapplicable = {"input_gradient": "implicit", "on_nonconvergence": "warn", "jacobian_reg": None}
+            inapplicable = {"on_nonconvergence": "warn", "jacobian_reg": None}
+            _checks.one_of("input_gradient", self.input_gradient, ("implicit", "final_call"))
             _checks.positive("t1", self.t1)
             _checks.one_of("rhs", self.rhs, ("f_minus_z", "f"))
         else:
@@ -256,7 +258,7 @@ class ModelConfig:
     def layer_options(self) -> dict:
         """Keyword arguments for the equilibrium layer (DEQ family or NeuralODE)."""
         if self.variant == "node":
-            return {"t1": self.t1, "rhs": self.rhs, "adjoint": self.adjoint,
+            return {"t1": self.t1, "rhs": self.rhs, "adjoint": self.adjoint, "input_gradient": self.input_gradient,
                     "output": "state" if self.output == "iterate" else "f_of_state"}
         return {"adjoint": self.adjoint, "output": self.output, "input_gradient": self.input_gradient,
                 "on_nonconvergence": self.on_nonconvergence, "jacobian_reg": self.jacobian_reg}

@@ -11,6 +11,9 @@ Gradients:
   with the step sizes held fixed; memory grows with the number of steps.
 * ``adjoint="backsolve"``: the continuous adjoint (optimise-then-discretise, as
   ``torchdiffeq.odeint_adjoint``), memory independent of the steps, in :mod:`._backsolve`.
+* ``adjoint="interpolating"``: the continuous adjoint reading ``z(t)`` from the forward
+  pass's dense output (SciMLSensitivity's ``InterpolatingAdjoint``). Options of both
+  (``seminorm``) in :mod:`.ode_adjoint`.
 
 Status per sample: ``CONVERGED`` means "reached ``t1``"; ``MAX_ITERS`` the step budget ran
 out; ``DT_MIN`` the step size underflowed or became non-finite (the usual end of a blow-up
@@ -30,6 +33,8 @@ import torch
 from .. import _checks
 from ._state import StatePacker
 from .controller import initial_step, underflow
+from .dense_output import DenseOutput
+from .ode_adjoint import resolve_adjoint
 from .solution import State, Status
 from .steady_state import time_dtype
 
@@ -86,12 +91,14 @@ def _eval_times(t_eval, t0: float, t1: float, device) -> Optional[torch.Tensor]:
 
 
 def integrate_flat(method, rhs: Callable, y0: torch.Tensor, t0: float, t1: float,
-               t_eval: Optional[torch.Tensor] = None, error_columns: Optional[int] = None) -> _Run:
+               t_eval: Optional[torch.Tensor] = None, error_columns: Optional[int] = None,
+               dense: Optional[DenseOutput] = None) -> _Run:
     """Integrate the flat field ``rhs(t, y)`` (``t`` per sample, ``y``'s dtype) from ``t0`` to ``t1``.
 
     Runs under whatever autograd mode the caller chose. ``t_eval`` (float64, in ``[t0, t1]``,
     increasing) are the times to record; ``error_columns`` restricts the error norm to the
-    leading columns (the backsolve adjoint's seminorm).
+    leading columns (the continuous adjoints' seminorm); ``dense`` records every sample's
+    accepted points for the interpolating adjoint.
     """
     batch, device = y0.shape[0], y0.device
     tdtype = time_dtype(device)
@@ -125,6 +132,8 @@ def integrate_flat(method, rhs: Callable, y0: torch.Tensor, t0: float, t1: float
     y = y0
     k = rhs(t.to(y0.dtype), y)
     nfe = 1
+    if dense is not None:
+        dense.record(t, y, k)
     if method.initial_dt is None:
         dt, evaluations = initial_step(rhs, t.to(y0.dtype), y, k, controller, tdtype)
         nfe += evaluations
@@ -177,6 +186,8 @@ def integrate_flat(method, rhs: Callable, y0: torch.Tensor, t0: float, t1: float
         dt = torch.where(running, dt_next, dt)
         prev_ratio = torch.where(running, prev_next, prev_ratio)
         running = status == Status.RUNNING
+        if dense is not None:
+            dense.record(t, y, k)
         too_small = running & underflow(dt, t, controller.dt_min, t1 - t0, y0.dtype)
         status = torch.where(too_small, torch.full_like(status, Status.DT_MIN), status)
         running = status == Status.RUNNING
@@ -197,7 +208,7 @@ def _time(name: str, value) -> float:
 
 
 def integrate(rhs: Callable[[torch.Tensor, State], State], z0: State, t1: float, method, *,
-              t0: float = 0.0, t_eval=None, adjoint: str = "backprop",
+              t0: float = 0.0, t_eval=None, adjoint="backprop",
               params: Optional[Sequence[torch.Tensor]] = None) -> Trajectory:
     """Integrate ``dz/dt = rhs(t, z)`` from ``z(t0) = z0`` to ``t1``, per sample.
 
@@ -207,11 +218,13 @@ def integrate(rhs: Callable[[torch.Tensor, State], State], z0: State, t1: float,
     ``termination`` is not used here). ``t_eval``: increasing times in ``[t0, t1]`` at which
     to also return the state (``Trajectory.ys``, stacked on a new leading dimension).
 
-    ``adjoint="backprop"`` differentiates through the steps. ``adjoint="backsolve"``
-    integrates the continuous adjoint backwards; it must be told every tensor ``rhs``
-    depends on that needs a gradient (module parameters, and a captured input such as an
-    injection ``x``) in ``params``: tensors captured by ``rhs`` but not listed get no
-    gradient. ``params`` is not needed with ``"backprop"``.
+    ``adjoint="backprop"`` differentiates through the steps. A continuous adjoint
+    (``"backsolve"``, ``"interpolating"``, or a :class:`~pycdeq.solvers.ode_adjoint.BacksolveAdjoint`
+    / :class:`~pycdeq.solvers.ode_adjoint.InterpolatingAdjoint` with its options) integrates
+    the adjoint backwards; it must be told every tensor ``rhs`` depends on that needs a
+    gradient (module parameters, and a captured input such as an injection ``x``) in
+    ``params``: tensors captured by ``rhs`` but not listed get no gradient. ``params`` is not
+    needed with ``"backprop"``.
     """
     if getattr(method, "kind", None) != "continuous" or not callable(getattr(method, "stepper", None)):
         raise TypeError(f"method must be an ODE method (Tsit5(), Dopri5(), BS3(), Euler(), RK4()), "
@@ -221,7 +234,7 @@ def integrate(rhs: Callable[[torch.Tensor, State], State], z0: State, t1: float,
     t0, t1 = _time("t0", t0), _time("t1", t1)
     if t1 <= t0:
         raise ValueError(f"t1 must be greater than t0 (forward integration only), got t0={t0}, t1={t1}")
-    _checks.one_of("adjoint", adjoint, ("backprop", "backsolve"))
+    adjoint = resolve_adjoint(adjoint)
     packer = StatePacker(z0, "z0")
     for i, part in enumerate(z0 if packer.is_tuple else (z0,)):
         _checks.finite_tensor(f"z0[{i}]" if packer.is_tuple else "z0", part)
@@ -230,8 +243,8 @@ def integrate(rhs: Callable[[torch.Tensor, State], State], z0: State, t1: float,
         for i, p in enumerate(params):
             if not isinstance(p, torch.Tensor):
                 raise TypeError(f"params[{i}] must be a tensor, got {type(p).__name__}")
-    if adjoint == "backsolve" and params is None:
-        raise ValueError("adjoint='backsolve' needs params: the tensors rhs depends on that need "
+    if adjoint != "backprop" and params is None:
+        raise ValueError(f"adjoint={adjoint.name!r} needs params: the tensors rhs depends on that need "
                          "gradients (e.g. [*f.parameters(), x]); pass params=() if there are none")
     times = _eval_times(t_eval, t0, t1, packer.device)
 
@@ -241,9 +254,9 @@ def integrate(rhs: Callable[[torch.Tensor, State], State], z0: State, t1: float,
         return packer.pack(out)
 
     y0 = packer.pack(z0)
-    if adjoint == "backsolve":
-        from ._backsolve import backsolve
-        run, adjoint_stats = backsolve(method, flat_rhs, y0, t0, t1, times, params)
+    if adjoint != "backprop":
+        from ._backsolve import continuous_adjoint
+        run, adjoint_stats = continuous_adjoint(adjoint, method, flat_rhs, y0, t0, t1, times, params)
     else:
         run, adjoint_stats = integrate_flat(method, flat_rhs, y0, t0, t1, times), {}
     short = run.status != Status.CONVERGED

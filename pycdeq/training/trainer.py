@@ -21,6 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..layers.deq import DEQ, NonConvergenceWarning
+from ..layers.neural_ode import NeuralODE
 from ..solvers.solution import Status
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
@@ -71,7 +72,8 @@ class Trainer:
         self.step = 0
         self.epoch = 0
         self.train_time = 0.0
-        self._deq_layers = [m for m in model.modules() if isinstance(m, DEQ)]
+        # Pretraining unrolls every equilibrium layer, the Neural ODE included (as the reference does).
+        self._deq_layers = [m for m in model.modules() if isinstance(m, (DEQ, NeuralODE))]
 
     # --- configuration -----------------------------------------------------------------
     def _make_optimizer(self) -> torch.optim.Optimizer:

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from ..data import DatasetFormatError, load_dataset
 from ..models import build_model, make_config
+from ..models.paper_protocol import protocol_options
 from ..training import Trainer
 from ..training.checkpoint import atomic_write_bytes
 from .experiments import VARIANT_NAMES, Experiment
@@ -84,7 +85,7 @@ class ExperimentRunner:
 
     def _model_kwargs(self, variant: str, data) -> dict:
         e = self.experiment
-        options = dict(e.model_options)
+        options = {**protocol_options(e.protocol, e.model, variant, continuous=e.continuous), **dict(e.model_options)}
         if e.lambda_jac > 0 and variant != "node":
             from ..layers.regularizers import JacobianRegularization
 

@@ -15,7 +15,6 @@ files are padded the same way (centred, the odd pixel at the bottom / right); la
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 
 from ._dataset import DatasetFormatError, DatasetSplits, Split

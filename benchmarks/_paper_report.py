@@ -1,0 +1,118 @@
+"""Reporting of ``bench_paper``: the summary table, the notes, the per-step file and the cost plot."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from . import _harness
+from ._paper_models import COMPETITORS, PAPER_DEQ, PAPER_NODE
+
+NAME = "paper_protocol"
+#: The paper's run: 20,000 steps of which 3,000 unrolled (the whole-run estimate's weights).
+PAPER_STEPS, PAPER_PRETRAIN = 20_000, 3_000
+
+
+def _mean(values) -> Optional[float]:
+    values = [v for v in values if v is not None]
+    return float(statistics.fmean(values)) if values else None
+
+
+def summarise(runs: Dict[str, object], measure_from: int, real_data: bool) -> List[dict]:
+    rows = []
+    for key, run in runs.items():
+        trained = [r for r in run.records if r["phase"] == "train" and r["step"] >= measure_from]
+        pretrain = [r for r in run.records if r["phase"] == "pretrain"]
+        row = {"competitor": COMPETITORS[key].label, "key": key, "steps_measured": len(trained)}
+        for part in ("total", "forward", "backward", "optimizer"):
+            row[f"{part}_s"] = _mean(r[part] for r in trained)
+        row.update(nfe=_mean(r["nfe"] for r in trained), gmres=_mean(r["gmres"] for r in trained),
+                   backward_nfe=_mean(r["backward_nfe"] for r in trained),
+                   nonconverged=_mean(r["nonconverged"] for r in trained),
+                   pretrain_s=_mean(r["total"] for r in pretrain))
+        if row["total_s"] is not None and row["pretrain_s"] is not None:
+            share = PAPER_PRETRAIN / PAPER_STEPS
+            row["paper_run_s"] = share * row["pretrain_s"] + (1 - share) * row["total_s"]
+        if run.test is not None:
+            row["test_accuracy"] = run.test["accuracy"] if real_data else None
+            row["test_nfe"] = run.test["test_nfe"]
+        rows.append(row)
+    by_key = {r["key"]: r for r in rows}
+    node = by_key.get(PAPER_NODE, {}).get("total_s")
+    for row in rows:
+        if node and row["total_s"]:
+            row["paper_node_over_this"] = node / row["total_s"]
+        if row["key"] == PAPER_DEQ and "paper_node_over_this" in row:
+            row["target"] = ">= 2x vs paper Neural ODE"
+            row["target_met"] = bool(row["paper_node_over_this"] >= 2.0)
+    return rows
+
+
+COLUMNS = ["competitor", "steps_measured", "total_s", "forward_s", "backward_s", "optimizer_s",
+           "paper_node_over_this", "nfe", "gmres", "backward_nfe", "nonconverged", "pretrain_s",
+           "paper_run_s", "test_accuracy", "test_nfe"]
+
+
+def notes_for(rows: List[dict], settings: dict, complete: bool) -> str:
+    by_key = {r["key"]: r for r in rows}
+    lines = [f"{'Complete run' if complete else '**Partial results** (run interrupted or still going)'}: "
+             f"{settings['data']}, batch {settings['batch']}, {settings['device']}; steps {settings['first_step']}"
+             f"..{settings['last_step']} of a schedule of {settings['schedule_steps']} (pretraining: steps < "
+             f"{settings['pretrain_steps']}); trained part: steps >= {settings['measure_from']}. Times are "
+             "s/batch (mean over the trained part); `paper_node_over_this` is the paper Neural ODE's "
+             "s/batch over this competitor's; `gmres`: GMRES products per step (DEQs); `backward_nfe`: "
+             "f evaluations of a continuous adjoint's backward solve; `nonconverged`: samples per batch "
+             "that ended a solve without passing its test (or, Neural ODEs, without reaching t = 1); "
+             "`paper_run_s`: the paper's whole-run average (3,000 pretraining of 20,000 steps) estimated "
+             "from the measured pretraining and trained costs."]
+    deq, node = by_key.get(PAPER_DEQ), by_key.get(PAPER_NODE)
+    if deq and node and deq.get("total_s") and node.get("total_s"):
+        lines.append(
+            f"Headline: the continuous DEQ under the paper's protocol takes {deq['total_s']:.3g} s/batch against "
+            f"{node['total_s']:.3g} for the paper's Neural ODE ({node['total_s'] / deq['total_s']:.2f}x; paper: "
+            f"2.14x): forward {deq['forward_s']:.3g} vs {node['forward_s']:.3g} s ({deq['nfe']:.1f} vs "
+            f"{node['nfe']:.1f} f evaluations), backward {deq['backward_s']:.3g} vs {node['backward_s']:.3g} s "
+            f"({deq['gmres'] if deq['gmres'] is not None else float('nan'):.1f} GMRES products vs "
+            f"{node['backward_nfe'] if node['backward_nfe'] is not None else float('nan'):.1f} backward f "
+            f"evaluations).")
+    return "\n\n".join(lines)
+
+
+def write_all(runs, settings, out_dir: Path, complete: bool) -> None:
+    rows = summarise(runs, settings["measure_from"], settings["real_data"])
+    _harness.write_results(NAME, rows, COLUMNS, title="The paper's headline under its protocol: continuous DEQ "
+                           "vs Neural ODE (CIFAR-10 small MDEQ)", notes=notes_for(rows, settings, complete),
+                           out_dir=out_dir)
+    steps = {"settings": settings, "complete": complete,
+             "records": {key: run.records for key, run in runs.items()}}
+    _harness._atomic_write(out_dir / f"{NAME}_steps.json", json.dumps(steps))
+
+
+def plot(runs: Dict[str, object], settings: dict, out_dir: Path) -> None:
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    figure, (cost, nfe) = plt.subplots(2, 1, figsize=(9, 8), sharex=True)
+    for key, run in runs.items():
+        steps = [r["step"] for r in run.records]
+        window = max(1, len(steps) // 40)
+        totals = [r["total"] for r in run.records]
+        smooth = [statistics.median(totals[max(0, i - window + 1):i + 1]) for i in range(len(totals))]
+        cost.plot(steps, smooth, label=COMPETITORS[key].label)
+        nfe.plot(steps, [r["nfe"] for r in run.records], label=COMPETITORS[key].label)
+    for axis in (cost, nfe):
+        axis.axvline(settings["pretrain_steps"] - 0.5, color="grey", linestyle="--", linewidth=1)
+        axis.grid(alpha=0.3)
+    cost.set_yscale("log")
+    cost.set_ylabel(f"s per training step (running median of {max(1, len(steps) // 40)})")
+    nfe.set_ylabel("forward f evaluations per step")
+    nfe.set_xlabel("training step (dashed: end of the unrolled pretraining)")
+    cost.legend(fontsize=7)
+    cost.set_title(f"Per-step cost over training ({settings['data'].split(' (')[0]}, batch {settings['batch']})")
+    figure.tight_layout()
+    figure.savefig(out_dir / f"{NAME}_cost.png", dpi=110)
+    plt.close(figure)

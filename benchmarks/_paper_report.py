@@ -11,6 +11,12 @@ from . import _harness
 from ._paper_models import COMPETITORS, PAPER_DEQ, PAPER_NODE
 
 NAME = "paper_protocol"
+
+
+def result_name(settings: dict) -> str:
+    """``paper_protocol`` for the paper's model, ``paper_protocol_<model>`` for another."""
+    model = settings.get("model", "cifar10-small")
+    return NAME if model == "cifar10-small" else f"{NAME}_{model.replace('-', '_')}"
 #: The paper's run: 20,000 steps of which 3,000 unrolled (the whole-run estimate's weights).
 PAPER_STEPS, PAPER_PRETRAIN = 20_000, 3_000
 
@@ -69,10 +75,11 @@ def notes_for(rows: List[dict], settings: dict, complete: bool) -> str:
              "from the measured pretraining and trained costs."]
     deq, node = by_key.get(PAPER_DEQ), by_key.get(PAPER_NODE)
     if deq and node and deq.get("total_s") and node.get("total_s"):
+        paper = ("paper: 2.14x" if settings.get("model", "cifar10-small") == "cifar10-small"
+                 else "the paper has no Neural ODE row for this model")
         lines.append(
             f"Headline: the continuous DEQ under the paper's protocol takes {deq['total_s']:.3g} s/batch against "
-            f"{node['total_s']:.3g} for the paper's Neural ODE ({node['total_s'] / deq['total_s']:.2f}x; paper: "
-            f"2.14x): forward {deq['forward_s']:.3g} vs {node['forward_s']:.3g} s ({deq['nfe']:.1f} vs "
+            f"{node['total_s']:.3g} for the paper's Neural ODE ({node['total_s'] / deq['total_s']:.2f}x; {paper}): forward {deq['forward_s']:.3g} vs {node['forward_s']:.3g} s ({deq['nfe']:.1f} vs "
             f"{node['nfe']:.1f} f evaluations), backward {deq['backward_s']:.3g} vs {node['backward_s']:.3g} s "
             f"({deq['gmres'] if deq['gmres'] is not None else float('nan'):.1f} GMRES products vs "
             f"{node['backward_nfe'] if node['backward_nfe'] is not None else float('nan'):.1f} backward f "
@@ -82,12 +89,12 @@ def notes_for(rows: List[dict], settings: dict, complete: bool) -> str:
 
 def write_all(runs, settings, out_dir: Path, complete: bool) -> None:
     rows = summarise(runs, settings["measure_from"], settings["real_data"])
-    _harness.write_results(NAME, rows, COLUMNS, title="The paper's headline under its protocol: continuous DEQ "
-                           "vs Neural ODE (CIFAR-10 small MDEQ)", notes=notes_for(rows, settings, complete),
-                           out_dir=out_dir)
+    model, name = settings.get("model", "cifar10-small"), result_name(settings)
+    _harness.write_results(name, rows, COLUMNS, title=f"The paper's headline under its protocol: continuous DEQ "
+                           f"vs Neural ODE ({model})", notes=notes_for(rows, settings, complete), out_dir=out_dir)
     steps = {"settings": settings, "complete": complete,
              "records": {key: run.records for key, run in runs.items()}}
-    _harness._atomic_write(out_dir / f"{NAME}_steps.json", json.dumps(steps))
+    _harness._atomic_write(out_dir / f"{name}_steps.json", json.dumps(steps))
 
 
 def plot(runs: Dict[str, object], settings: dict, out_dir: Path) -> None:
@@ -114,5 +121,5 @@ def plot(runs: Dict[str, object], settings: dict, out_dir: Path) -> None:
     cost.legend(fontsize=7)
     cost.set_title(f"Per-step cost over training ({settings['data'].split(' (')[0]}, batch {settings['batch']})")
     figure.tight_layout()
-    figure.savefig(out_dir / f"{NAME}_cost.png", dpi=110)
+    figure.savefig(out_dir / f"{result_name(settings)}_cost.png", dpi=110)
     plt.close(figure)

@@ -66,24 +66,30 @@ from pycdeq.data.cifar10 import find_folder as find_cifar10
 from pycdeq.layers import DEQ, NeuralODE, NonConvergenceWarning
 
 from . import _harness
-from ._paper_models import COMPETITORS, TorchdiffeqNODE, build_competitor, torchdiffeq_available
-from ._paper_report import NAME, PAPER_PRETRAIN, PAPER_STEPS, plot, summarise, write_all
+from ._paper_models import COMPETITORS, DEFAULT_COMPETITORS, TorchdiffeqNODE, build_competitor, torchdiffeq_available
+from ._paper_report import PAPER_PRETRAIN, PAPER_STEPS, plot, result_name, summarise, write_all
 
-SETUP = EXPERIMENTS["cifar10-small-paper"]
-ARCHITECTURE = SETUP.model
-assert (PAPER_STEPS, PAPER_PRETRAIN) == (SETUP.steps, SETUP.pretrain_steps)
+#: The training settings per model: the paper's CIFAR setup; for the dense model, pycdeq's
+#: MNIST-dense setup (Adam, constant rate, no pretraining in the MNIST experiments).
+SETUPS = {"cifar10-small": EXPERIMENTS["cifar10-small-paper"], "mnist-dense": EXPERIMENTS["mnist-dense"]}
+assert (PAPER_STEPS, PAPER_PRETRAIN) == (SETUPS["cifar10-small"].steps, SETUPS["cifar10-small"].pretrain_steps)
 QUICK_SIZES = {"channels": (8, 8), "head_channels": (4, 4), "final_channels": 32, "expansion": 2}
-# name -> (batch, pretrain steps, solved steps, test samples, model options)
+# (model, mode) -> (batch, pretrain steps, solved steps, test samples, model options)
 MODES = {
-    "quick": (8, 2, 4, 32, QUICK_SIZES),
-    "cpu": (16, 100, 40, 500, {}),
-    "cuda": (128, 1000, 200, 2000, {}),
+    ("cifar10-small", "quick"): (8, 2, 4, 32, QUICK_SIZES),
+    ("cifar10-small", "cpu"): (16, 100, 40, 500, {}),
+    ("cifar10-small", "cuda"): (128, 1000, 200, 2000, {}),
+    ("mnist-dense", "quick"): (8, 2, 4, 32, {}),
+    ("mnist-dense", "cpu"): (32, 0, 1500, 2000, {}),
+    ("mnist-dense", "cuda"): (32, 0, 1500, 2000, {}),
 }
 
 
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny MDEQ and a few steps (pipeline check)")
+    parser.add_argument("--model", default="cifar10-small", choices=tuple(SETUPS),
+                        help="the paper's claim is on cifar10-small; mnist-dense reaches its trained regime on a CPU")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
     parser.add_argument("--data-dir", type=Path, default=None, help="CIFAR-10 batches or Fashion-MNIST IDX files")
@@ -95,8 +101,9 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--schedule-steps", type=int, help="length of the cosine schedule (default: pretrain + "
                         "train steps of a run from scratch)")
     parser.add_argument("--test-samples", type=int, help="test samples for the final accuracy")
-    parser.add_argument("--competitors", default=",".join(COMPETITORS),
-                        help=f"comma-separated subset of {','.join(COMPETITORS)}")
+    parser.add_argument("--competitors", default=",".join(DEFAULT_COMPETITORS),
+                        help=f"comma-separated subset of {','.join(COMPETITORS)} (default: the first "
+                             f"{len(DEFAULT_COMPETITORS)}; the others are ways to make the DEQ cheaper)")
     parser.add_argument("--weights", type=Path, default=None, help="load / save every competitor's training state")
     parser.add_argument("--write-every", type=float, default=30.0, help="seconds between partial result files")
     parser.add_argument("--seed", type=int, default=0)
@@ -108,8 +115,16 @@ def make_parser() -> argparse.ArgumentParser:
 
 # --- data ------------------------------------------------------------------------------------
 
-def load_data(data_dir: Optional[Path], test_samples: int, seed: int):
-    """``(splits, description, real)``: CIFAR-10, else fashion-mnist-32, else synthetic (timing only)."""
+def load_data(model: str, data_dir: Optional[Path], test_samples: int, seed: int):
+    """``(splits, description, real)``: CIFAR-10, else fashion-mnist-32, else synthetic (timing only);
+    the dense model: Fashion-MNIST, else synthetic MNIST-shaped images."""
+    if model == "mnist-dense":
+        try:
+            return load_dataset("fashion-mnist", data_dir=data_dir, limit_test=test_samples, seed=seed), \
+                "Fashion-MNIST", True
+        except DatasetNotFoundError:
+            data = load_dataset("synthetic", shape="mnist", n_train=4096, n_test=test_samples, seed=seed)
+            return data, "synthetic MNIST-shaped images (timing only: accuracies are meaningless)", False
     if data_dir is not None and find_cifar10(Path(data_dir)) is not None:
         data = load_dataset("cifar10", data_dir=data_dir, limit_test=test_samples, seed=seed)
         return data, "CIFAR-10", True
@@ -170,13 +185,20 @@ class Run:
         self.step = state["step"]
 
 
-def learning_rate(step: int, schedule_steps: int) -> float:
-    """The setup's cosine schedule from ``lr`` to ``lr_min`` over ``schedule_steps``."""
+def learning_rate(setup, step: int, schedule_steps: int) -> float:
+    """The setup's rate: constant, or cosine from ``lr`` to ``lr_min`` over ``schedule_steps``."""
+    if setup.schedule == "constant":
+        return setup.lr
     progress = min(step / schedule_steps, 1.0)
-    return SETUP.lr_min + (SETUP.lr - SETUP.lr_min) * (1 + math.cos(math.pi * progress)) / 2
+    return setup.lr_min + (setup.lr - setup.lr_min) * (1 + math.cos(math.pi * progress)) / 2
 
 
-def train_step(run: Run, x, y, *, depth: int, lr: float, device) -> dict:
+def make_optimizer(setup, model) -> torch.optim.Optimizer:
+    kind = torch.optim.AdamW if setup.optimizer == "adamw" else torch.optim.Adam
+    return kind(model.parameters(), lr=setup.lr, weight_decay=setup.weight_decay)
+
+
+def train_step(run: Run, x, y, *, depth: int, lr: float, lambda_skip: float, device) -> dict:
     """One timed step: forward (loss included), backward, optimiser."""
     for layer in _layers(run.model):
         layer.fixed_depth = depth
@@ -186,7 +208,7 @@ def train_step(run: Run, x, y, *, depth: int, lr: float, device) -> dict:
     _harness.synchronize(device)
     began = time.perf_counter()
     logits, solution = run.model(x)
-    loss = F.cross_entropy(logits, y) + SETUP.lambda_skip * solution.skip_loss
+    loss = F.cross_entropy(logits, y) + lambda_skip * solution.skip_loss
     _harness.synchronize(device)
     forward_done = time.perf_counter()
     run.optimizer.zero_grad(set_to_none=True)
@@ -229,7 +251,7 @@ def _weights_path(folder: Path, key: str) -> Path:
 
 #: What saved weights must share with the run that loads them (the batch size may differ:
 #: the trained regime is a property of the weights; the schedule is the saved one).
-_FINGERPRINT = ("data", "model_options", "seed")
+_FINGERPRINT = ("model", "data", "model_options", "seed")
 
 
 def _load_weights(runs: Dict[str, Run], folder: Path, settings: dict) -> Optional[dict]:
@@ -265,7 +287,8 @@ def _pretrain_groups(runs: Dict[str, Run]) -> Dict[str, List[str]]:
 
 def run(args) -> List[dict]:
     mode = "quick" if args.quick else args.device
-    batch, pretrain_steps, train_steps, test_samples, model_options = MODES[mode]
+    setup = SETUPS[args.model]
+    batch, pretrain_steps, train_steps, test_samples, model_options = MODES[args.model, mode]
     batch = args.batch or batch
     pretrain_steps = pretrain_steps if args.pretrain_steps is None else args.pretrain_steps
     train_steps = train_steps if args.train_steps is None else args.train_steps
@@ -284,15 +307,14 @@ def run(args) -> List[dict]:
         skipped = [k for k in keys if COMPETITORS[k].torchdiffeq]
         keys = [k for k in keys if not COMPETITORS[k].torchdiffeq]
     out_dir = Path(args.out) if args.out else _harness.RESULTS
-    data, data_name, real = load_data(args.data_dir, test_samples, args.seed)
+    data, data_name, real = load_data(args.model, args.data_dir, test_samples, args.seed)
     runs = {}
     for key in keys:
-        model = build_competitor(key, architecture=ARCHITECTURE, model_options=model_options,
+        model = build_competitor(key, architecture=args.model, model_options=model_options,
                                  num_classes=data.num_classes, input_shape=data.input_shape, device=device,
                                  seed=args.seed)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=SETUP.lr, weight_decay=SETUP.weight_decay)
-        runs[key] = Run(key, model, optimizer)
-    settings = {"data": data_name, "real_data": real, "batch": batch, "device": str(device), "mode": mode,
+        runs[key] = Run(key, model, make_optimizer(setup, model))
+    settings = {"model": args.model, "data": data_name, "real_data": real, "batch": batch, "device": str(device), "mode": mode,
                 "threads": torch.get_num_threads(),
                 "pretrain_steps": pretrain_steps, "model_options": {k: list(v) if isinstance(v, tuple) else v
                                                                     for k, v in model_options.items()},
@@ -324,18 +346,19 @@ def run(args) -> List[dict]:
             warnings.simplefilter("ignore", RuntimeWarning)
             for step in range(first, last):
                 x, y = batches(step)
-                lr = learning_rate(step, settings["schedule_steps"])
+                lr = learning_rate(setup, step, settings["schedule_steps"])
                 if step < pretrain_steps:
                     # Members of a group compute the same unrolled function: train the first, copy.
                     for members in _pretrain_groups(runs).values():
                         leader = runs[members[0]]
-                        record = train_step(leader, x, y, depth=SETUP.pretrain_depth, lr=lr, device=device)
+                        record = train_step(leader, x, y, depth=setup.pretrain_depth, lr=lr,
+                                            lambda_skip=setup.lambda_skip, device=device)
                         for key in members[1:]:
                             runs[key].load(leader.state())
                             runs[key].records.append({**record, "shared_with": leader.key})
                 else:
                     for run_ in runs.values():
-                        train_step(run_, x, y, depth=0, lr=lr, device=device)
+                        train_step(run_, x, y, depth=0, lr=lr, lambda_skip=setup.lambda_skip, device=device)
                 if time.perf_counter() - last_write > args.write_every:
                     write_all(runs, settings, out_dir, complete=False)
                     last_write = time.perf_counter()
@@ -350,7 +373,7 @@ def run(args) -> List[dict]:
             if args.weights is not None:
                 _save_weights(runs, args.weights, settings)
     rows = summarise(runs, settings["measure_from"], real)
-    print((out_dir / f"{NAME}.md").read_text(), flush=True)
+    print((out_dir / f"{result_name(settings)}.md").read_text(), flush=True)
     return rows
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from . import _harness
-from ._paper_models import COMPETITORS, PAPER_DEQ, PAPER_NODE
+from ._paper_models import CHEAPER, COMPETITORS, PAPER_DEQ, PAPER_NODE
 
 NAME = "paper_protocol"
 
@@ -97,29 +97,53 @@ def write_all(runs, settings, out_dir: Path, complete: bool) -> None:
     _harness._atomic_write(out_dir / f"{name}_steps.json", json.dumps(steps))
 
 
-def plot(runs: Dict[str, object], settings: dict, out_dir: Path) -> None:
+def _running_median(values: List[float], window: int) -> List[float]:
+    return [statistics.median(values[max(0, i - window + 1):i + 1]) for i in range(len(values))]
+
+
+def plot(records: Dict[str, List[dict]], settings: dict, out_dir: Path) -> None:
+    """Three panels over the training steps, per competitor: s per step, speed relative to the
+    paper's Neural ODE at the same step (interleaved, so machine load cancels out), and the
+    forward nfe. ``records``: competitor key -> its per-step records."""
     import matplotlib  # noqa: PLC0415
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
-    figure, (cost, nfe) = plt.subplots(2, 1, figsize=(9, 8), sharex=True)
-    for key, run in runs.items():
-        steps = [r["step"] for r in run.records]
-        window = max(1, len(steps) // 40)
-        totals = [r["total"] for r in run.records]
-        smooth = [statistics.median(totals[max(0, i - window + 1):i + 1]) for i in range(len(totals))]
-        cost.plot(steps, smooth, label=COMPETITORS[key].label)
-        nfe.plot(steps, [r["nfe"] for r in run.records], label=COMPETITORS[key].label)
-    for axis in (cost, nfe):
-        axis.axvline(settings["pretrain_steps"] - 0.5, color="grey", linestyle="--", linewidth=1)
+    figure, (cost, relative, nfe) = plt.subplots(3, 1, figsize=(9, 11), sharex=True)
+    colours = plt.get_cmap("tab20").colors
+    length = max((len(r) for r in records.values()), default=1)
+    window = max(1, length // 40)
+    reference = {r["step"]: r["total"] for r in records.get(PAPER_NODE, [])}
+    for index, (key, rows) in enumerate(records.items()):
+        style = dict(color=colours[(2 * index) % 20 + (index >= 10)], label=COMPETITORS[key].label,
+                     linestyle="--" if key in CHEAPER else "-", linewidth=1.2)
+        steps = [r["step"] for r in rows]
+        cost.plot(steps, _running_median([r["total"] for r in rows], window), **style)
+        paired = [(r["step"], reference[r["step"]] / r["total"]) for r in rows if r["step"] in reference]
+        if paired:
+            relative.plot([p[0] for p in paired], _running_median([p[1] for p in paired], window), **style)
+        nfe.plot(steps, _running_median([r["nfe"] for r in rows], window), **style)
+    for axis in (cost, relative, nfe):
+        if settings["pretrain_steps"] > 0:
+            axis.axvline(settings["pretrain_steps"] - 0.5, color="grey", linestyle=":", linewidth=1)
         axis.grid(alpha=0.3)
     cost.set_yscale("log")
-    cost.set_ylabel(f"s per training step (running median of {max(1, len(steps) // 40)})")
+    relative.set_yscale("log")
+    cost.set_ylabel("s per training step")
+    relative.set_ylabel("speed vs the paper's Neural ODE\n(its s per step / this one's, same step)")
     nfe.set_ylabel("forward f evaluations per step")
-    nfe.set_xlabel("training step (dashed: end of the unrolled pretraining)")
-    cost.legend(fontsize=7)
-    cost.set_title(f"Per-step cost over training ({settings['data'].split(' (')[0]}, batch {settings['batch']})")
+    nfe.set_xlabel(f"training step (running medians of {window}"
+                   f"{'; dotted: end of the unrolled pretraining' if settings['pretrain_steps'] > 0 else ''})")
+    cost.legend(fontsize=7, ncol=2)
+    cost.set_title(f"Per-step cost over training: {settings.get('model', 'cifar10-small')} on "
+                   f"{settings['data'].split(' (')[0]}, batch {settings['batch']}")
     figure.tight_layout()
     figure.savefig(out_dir / f"{result_name(settings)}_cost.png", dpi=110)
     plt.close(figure)
+
+
+def replot(steps_file: Path) -> None:
+    """Redraw the cost plot from a ``*_steps.json`` file, next to it."""
+    data = json.loads(Path(steps_file).read_text())
+    plot(data["records"], data["settings"], Path(steps_file).parent)

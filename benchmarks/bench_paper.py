@@ -67,7 +67,7 @@ from pycdeq.layers import DEQ, NeuralODE, NonConvergenceWarning
 
 from . import _harness
 from ._paper_models import COMPETITORS, DEFAULT_COMPETITORS, TorchdiffeqNODE, build_competitor, torchdiffeq_available
-from ._paper_report import PAPER_PRETRAIN, PAPER_STEPS, plot, result_name, summarise, write_all
+from ._paper_report import PAPER_PRETRAIN, PAPER_STEPS, plot, replot, result_name, summarise, write_all
 
 #: The training settings per model: the paper's CIFAR setup; for the dense model, pycdeq's
 #: MNIST-dense setup (Adam, constant rate, no pretraining in the MNIST experiments).
@@ -107,6 +107,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--weights", type=Path, default=None, help="load / save every competitor's training state")
     parser.add_argument("--write-every", type=float, default=30.0, help="seconds between partial result files")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--replot", type=Path, default=None, metavar="STEPS_JSON",
+                        help="only redraw the cost plot from a *_steps.json file (next to it)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default 1 on CPU: with shared cores OpenMP's spinning made "
                              "steps 10-100x slower, measured; a quiet machine may pass its core count)")
@@ -369,7 +371,7 @@ def run(args) -> List[dict]:
     finally:
         write_all(runs, settings, out_dir, complete=complete)
         if complete:
-            plot(runs, settings, out_dir)
+            plot({key: run_.records for key, run_ in runs.items()}, settings, out_dir)
             if args.weights is not None:
                 _save_weights(runs, args.weights, settings)
     rows = summarise(runs, settings["measure_from"], real)
@@ -378,9 +380,13 @@ def run(args) -> List[dict]:
 
 
 def main(argv=None) -> None:
+    args = make_parser().parse_args(argv)
+    if args.replot is not None:
+        replot(args.replot)
+        return
     threads = torch.get_num_threads()
     try:
-        run(make_parser().parse_args(argv))
+        run(args)
     finally:  # main() may be called in-process (tests): leave torch as found
         torch.set_num_threads(threads)
 

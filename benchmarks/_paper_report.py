@@ -74,6 +74,11 @@ def notes_for(rows: List[dict], settings: dict, complete: bool) -> str:
              "`paper_run_s`: the paper's whole-run average (3,000 pretraining of 20,000 steps) estimated "
              "from the measured pretraining and trained costs."]
     deq, node = by_key.get(PAPER_DEQ), by_key.get(PAPER_NODE)
+    if deq and deq.get("nonconverged") is not None and deq["nonconverged"] > settings["batch"] / 2:
+        lines.append(f"**Not the trained regime**: the paper-protocol DEQ's solves still end without passing "
+                     f"the steady-state test ({deq['nonconverged']:.1f} of {settings['batch']} samples per batch "
+                     f"in the measured steps), so its cost is that of the step caps. Continue the run "
+                     f"(`--weights DIR`) until the cost plot flattens.")
     if deq and node and deq.get("total_s") and node.get("total_s"):
         paper = ("paper: 2.14x" if settings.get("model", "cifar10-small") == "cifar10-small"
                  else "the paper has no Neural ODE row for this model")

@@ -73,6 +73,8 @@ def notes_for(rows: List[dict], settings: dict, complete: bool) -> str:
              "that ended a solve without passing its test (or, Neural ODEs, without reaching t = 1); "
              "`paper_run_s`: the paper's whole-run average (3,000 pretraining of 20,000 steps) estimated "
              "from the measured pretraining and trained costs."]
+    if settings.get("stopped_by_time_budget"):
+        lines.append(f"Training stopped by the time budget after step {settings['last_step']}.")
     deq, node = by_key.get(PAPER_DEQ), by_key.get(PAPER_NODE)
     if deq and deq.get("nonconverged") is not None and deq["nonconverged"] > settings["batch"] / 2:
         lines.append(f"**Not the trained regime**: the paper-protocol DEQ's solves still end without passing "

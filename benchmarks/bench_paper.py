@@ -49,6 +49,7 @@ solved steps, 2,000 test images, for ~6 minutes of an H100/H200 (``benchmarks/gp
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import statistics
 import time
@@ -107,6 +108,9 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--weights", type=Path, default=None, help="load / save every competitor's training state")
     parser.add_argument("--write-every", type=float, default=30.0, help="seconds between partial result files")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--time-budget", type=float, default=None, metavar="S",
+                        help="stop training after the round that passes S seconds, then evaluate and save "
+                             "as a complete run (the GPU script's guard against its time limit)")
     parser.add_argument("--replot", type=Path, default=None, metavar="STEPS_JSON",
                         help="only redraw the cost plot from a *_steps.json file (next to it)")
     parser.add_argument("--threads", type=int, default=None,
@@ -182,8 +186,10 @@ class Run:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "step": self.step}
 
     def load(self, state: dict) -> None:
+        """Take ``state`` over as this run's own: the optimiser's moments are copied (its
+        ``load_state_dict`` keeps tensors that already match, which would share them)."""
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
         self.step = state["step"]
 
 
@@ -339,7 +345,7 @@ def run(args) -> List[dict]:
     print(f"[bench_paper] {mode}: {', '.join(keys)} on {data_name}, batch {batch}, steps {first}..{last - 1} "
           f"(pretraining < {pretrain_steps}){'; skipped (no torchdiffeq): ' + ', '.join(skipped) if skipped else ''}",
           flush=True)
-    last_write = time.perf_counter()
+    last_write = began = time.perf_counter()
     complete = False
     try:
         with warnings.catch_warnings():
@@ -361,8 +367,17 @@ def run(args) -> List[dict]:
                 else:
                     for run_ in runs.values():
                         train_step(run_, x, y, depth=0, lr=lr, lambda_skip=setup.lambda_skip, device=device)
+                if args.time_budget is not None and time.perf_counter() - began > args.time_budget:
+                    settings["stopped_by_time_budget"] = True
+                    settings["last_step"] = step
+                    if args.measure_from is None:
+                        settings["measure_from"] = solved_from + max(0, step + 1 - solved_from) // 2
+                    print(f"[bench_paper] time budget of {args.time_budget:g} s reached after step {step}", flush=True)
+                    break
                 if time.perf_counter() - last_write > args.write_every:
                     write_all(runs, settings, out_dir, complete=False)
+                    if args.weights is not None:  # every competitor has finished the same step
+                        _save_weights(runs, args.weights, settings)
                     last_write = time.perf_counter()
                     print(f"[bench_paper] step {step}: partial results written", flush=True)
             for run_ in runs.values():

@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+import torch
+
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # benchmarks/ is not part of the installed package
     sys.path.insert(0, str(REPO))
@@ -40,3 +42,31 @@ def test_bench_paper_writes_results_steps_plot_and_weights_then_continues(tmp_pa
     steps = json.loads((tmp_path / "paper_protocol_steps.json").read_text())
     assert [r["step"] for r in steps["records"]["deq-paper"]] == [3]  # continued after the saved step 2
     assert steps["settings"]["first_step"] == 3
+
+
+def test_pretraining_copies_are_independent_and_the_time_budget_ends_a_run_cleanly(tmp_path):
+    """Competitors that share their pretraining get copies of the leader's optimiser state, not
+    the same tensors (torch's load_state_dict keeps matching tensors as they are)."""
+    bench_paper.main(["--quick", "--out", str(tmp_path), "--data-dir", str(tmp_path / "no-data"),
+                      "--pretrain-steps", "1", "--train-steps", "5", "--test-samples", "8", "--time-budget", "0",
+                      "--competitors", "deq-paper,node-paper", "--weights", str(tmp_path / "weights")])
+    steps = json.loads((tmp_path / "paper_protocol_steps.json").read_text())
+    assert steps["complete"] and steps["settings"]["stopped_by_time_budget"]
+    assert [r["step"] for r in steps["records"]["deq-paper"]] == [0]  # the first round, then the budget
+
+    states = [torch.load(tmp_path / "weights" / f"{key}.pt", weights_only=False)["optimizer"]["state"]
+              for key in ("deq-paper", "node-paper")]
+    for a, b in zip(states[0].values(), states[1].values()):
+        assert torch.equal(a["exp_avg"], b["exp_avg"])  # the same pretraining step...
+    runs = {}
+    for key in ("deq-paper", "node-paper"):
+        model = bench_paper.build_competitor(key, architecture="cifar10-small", model_options=bench_paper.QUICK_SIZES,
+                                             num_classes=10, input_shape=(3, 32, 32), device=torch.device("cpu"))
+        runs[key] = bench_paper.Run(key, model, bench_paper.make_optimizer(bench_paper.SETUPS["cifar10-small"], model))
+    leader = runs["deq-paper"]
+    x, y = torch.rand(4, 3, 32, 32), torch.arange(4)
+    bench_paper.train_step(leader, x, y, depth=5, lr=1e-3, lambda_skip=0.0, device=torch.device("cpu"))
+    runs["node-paper"].load(leader.state())
+    mine = [s["exp_avg"].data_ptr() for s in runs["node-paper"].optimizer.state.values()]
+    theirs = [s["exp_avg"].data_ptr() for s in leader.optimizer.state.values()]
+    assert not set(mine) & set(theirs)  # ...held in tensors of their own

@@ -14,9 +14,11 @@ NAME = "paper_protocol"
 
 
 def result_name(settings: dict) -> str:
-    """``paper_protocol`` for the paper's model, ``paper_protocol_<model>`` for another."""
+    """``paper_protocol`` for the paper's model at its sizes, ``paper_protocol_<model>`` for
+    another model, with ``_reduced`` when the sizes were reduced (``--quick``)."""
     model = settings.get("model", "cifar10-small")
-    return NAME if model == "cifar10-small" else f"{NAME}_{model.replace('-', '_')}"
+    name = NAME if model == "cifar10-small" else f"{NAME}_{model.replace('-', '_')}"
+    return name + ("_reduced" if settings.get("model_options") else "")
 #: The paper's run: 20,000 steps of which 3,000 unrolled (the whole-run estimate's weights).
 PAPER_STEPS, PAPER_PRETRAIN = 20_000, 3_000
 
@@ -64,6 +66,8 @@ COLUMNS = ["competitor", "steps_measured", "total_s", "forward_s", "backward_s",
 def notes_for(rows: List[dict], settings: dict, complete: bool) -> str:
     by_key = {r["key"]: r for r in rows}
     lines = [f"{'Complete run' if complete else '**Partial results** (run interrupted or still going)'}: "
+             f"{settings.get('model', 'cifar10-small')}"
+             f"{' with reduced sizes ' + str(settings['model_options']) if settings.get('model_options') else ''} on "
              f"{settings['data']}, batch {settings['batch']}, {settings['device']}; steps {settings['first_step']}"
              f"..{settings['last_step']} of a schedule of {settings['schedule_steps']} (pretraining: steps < "
              f"{settings['pretrain_steps']}); trained part: steps >= {settings['measure_from']}. Times are "

@@ -21,7 +21,7 @@ def test_bench_paper_writes_results_steps_plot_and_weights_then_continues(tmp_pa
             "--train-steps", "2", "--test-samples", "8", "--competitors", "deq-paper,node-paper,node-backprop",
             "--weights", str(tmp_path / "weights")]
     bench_paper.main(args)
-    data = json.loads((tmp_path / "paper_protocol.json").read_text())
+    data = json.loads((tmp_path / "paper_protocol_reduced.json").read_text())
     rows = {row["key"]: row for row in data["rows"]}
     assert set(rows) == {"deq-paper", "node-paper", "node-backprop"}
     for row in rows.values():
@@ -30,16 +30,16 @@ def test_bench_paper_writes_results_steps_plot_and_weights_then_continues(tmp_pa
     assert rows["deq-paper"]["gmres"] is not None and rows["node-paper"]["backward_nfe"] > 0
     assert rows["node-paper"]["paper_node_over_this"] == 1.0
     assert "synthetic" in data["notes"] and "Complete run" in data["notes"]
-    steps = json.loads((tmp_path / "paper_protocol_steps.json").read_text())
+    steps = json.loads((tmp_path / "paper_protocol_reduced_steps.json").read_text())
     assert steps["complete"] and [r["phase"] for r in steps["records"]["deq-paper"]] == ["pretrain", "train", "train"]
     # The paper-protocol DEQ and Neural ODE share their unrolled pretraining step.
     assert steps["records"]["node-paper"][0]["shared_with"] == "deq-paper"
-    assert (tmp_path / "paper_protocol_cost.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "paper_protocol_reduced_cost.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in (tmp_path / "weights").iterdir()) == [
         "deq-paper.pt", "node-backprop.pt", "node-paper.pt"]
 
     bench_paper.main(args[:args.index("--train-steps")] + ["--train-steps", "1", *args[args.index("--test-samples"):]])
-    steps = json.loads((tmp_path / "paper_protocol_steps.json").read_text())
+    steps = json.loads((tmp_path / "paper_protocol_reduced_steps.json").read_text())
     assert [r["step"] for r in steps["records"]["deq-paper"]] == [3]  # continued after the saved step 2
     assert steps["settings"]["first_step"] == 3
 
@@ -50,7 +50,7 @@ def test_pretraining_copies_are_independent_and_the_time_budget_ends_a_run_clean
     bench_paper.main(["--quick", "--out", str(tmp_path), "--data-dir", str(tmp_path / "no-data"),
                       "--pretrain-steps", "1", "--train-steps", "5", "--test-samples", "8", "--time-budget", "0",
                       "--competitors", "deq-paper,node-paper", "--weights", str(tmp_path / "weights")])
-    steps = json.loads((tmp_path / "paper_protocol_steps.json").read_text())
+    steps = json.loads((tmp_path / "paper_protocol_reduced_steps.json").read_text())
     assert steps["complete"] and steps["settings"]["stopped_by_time_budget"]
     assert [r["step"] for r in steps["records"]["deq-paper"]] == [0]  # the first round, then the budget
 

@@ -16,6 +16,7 @@ def test_paper_deq_runs_the_reference_integrator_tolerances_and_whole_batch_rule
     solver = options["solver"]
     assert isinstance(solver, VCAB3) and (solver.rtol, solver.atol, solver.max_steps) == (1e-3, 1e-6, 18)
     assert solver.dt0 is None  # Hairer's selection, as OrdinaryDiffEq
+    assert solver.stability_factor is None  # OrdinaryDiffEq caps no step at a stability limit
     term = solver.termination
     assert (term.mode, term.reltol, term.norm, term.scope, term.best) == ("rel", 0.05, "l2", "batch", False)
     assert options["adjoint"].stopping == "batch" and options["adjoint"].max_iter == 20

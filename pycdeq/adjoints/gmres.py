@@ -19,7 +19,7 @@ batched computation at the end of the cycle.
 
 from __future__ import annotations
 
-from typing import Callable, Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
 
@@ -59,21 +59,27 @@ def _normalized_into(slot: torch.Tensor, w: torch.Tensor, norm: torch.Tensor, re
 def batched_gmres(
     operator: Callable[[torch.Tensor], torch.Tensor],
     rhs: torch.Tensor,
-    x0: torch.Tensor,
+    x0: Optional[torch.Tensor],
     *,
     rtol: float,
     atol: float,
     max_iter: int,
     restart: int,
     check_every: int,
+    tolerance: str = "max",
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
     """Returns ``(x, residual_norm, iterations, converged, products)``, per sample where shaped
-    ``(batch,)``. A sample stops once ``||rhs - A x|| <= max(atol, rtol * ||rhs||)``; its ``x``
-    is frozen from then on. ``max_iter`` counts operator products, restarts included."""
+    ``(batch,)``. A sample stops once ``||rhs - A x|| <= max(atol, rtol * ||rhs||)``
+    (``tolerance="max"``) or ``<= atol + rtol * ||rhs||`` (``tolerance="sum"``, Krylov.jl's
+    rule); its ``x`` is frozen from then on. ``max_iter`` counts operator products, restarts
+    included. ``x0=None`` starts from zero, whose residual ``rhs`` costs no product: a
+    sample whose ``||rhs||`` already passes takes no iteration and returns ``x = 0``."""
     batch, dim = rhs.shape
     dtype, device = rhs.dtype, rhs.device
     on_cpu = device.type == "cpu"
-    threshold = torch.clamp(rtol * torch.linalg.vector_norm(rhs, dim=1), min=atol)
+    rhs_norm = torch.linalg.vector_norm(rhs, dim=1)
+    threshold = torch.clamp(rtol * rhs_norm, min=atol) if tolerance == "max" else atol + rtol * rhs_norm
+    zero_start = x0 is None
     # 0-d constants: torch.where and comparisons with them are one op each (a Python number
     # is converted to a tensor on every call).
     one, zero, inf = rhs.new_ones(()), rhs.new_zeros(()), rhs.new_full((), float("inf"))
@@ -84,14 +90,17 @@ def batched_gmres(
     rotation_t_from_pair[0, 0] = rotation_t_from_pair[0, 3] = rotation_t_from_pair[1, 2] = 1
     rotation_t_from_pair[1, 1] = -1
     identity_rotation = torch.eye(2, dtype=dtype, device=device)
-    x = x0
+    x = torch.zeros_like(rhs) if zero_start else x0
     iterations = torch.zeros(batch, dtype=torch.long, device=device)
     active = torch.ones(batch, dtype=torch.bool, device=device)
     products = 0
     residual_norm = torch.full((batch,), float("inf"), dtype=dtype, device=device)
     while products < max_iter:
-        residual = rhs - operator(x)
-        products += 1
+        if zero_start:  # the first residual from x = 0 is rhs itself
+            residual, zero_start = rhs, False
+        else:
+            residual = rhs - operator(x)
+            products += 1
         beta = torch.linalg.vector_norm(residual, dim=1)
         residual_norm = torch.where(active, beta, residual_norm)
         active = active & ~(beta <= threshold)
@@ -201,3 +210,34 @@ def batched_gmres(
             break
     converged = residual_norm <= threshold
     return x, residual_norm, iterations, converged, products
+
+
+def whole_batch_gmres(
+    operator: Callable[[torch.Tensor], torch.Tensor],
+    rhs: torch.Tensor,
+    *,
+    rtol: float,
+    atol: float,
+    max_iter: int,
+    restart: int,
+    check_every: int,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """GMRES on the whole batch as one vector, as DeepEquilibriumNetworks.jl v0.2.6 runs it.
+
+    The system ``A g = rhs`` of ``(batch, dim)`` tensors is solved as one system of size
+    ``batch * dim`` (one Krylov space for the whole batch), started from ``g = 0`` and stopped
+    when ``||rhs - A g|| <= atol + rtol * ||rhs||`` in the 2-norm of the whole batch
+    (Krylov.jl's rule). So when ``||rhs|| <= atol / (1 - rtol)`` it takes no iteration and
+    no product, and returns ``g = 0``. Same returns as :func:`batched_gmres`, the per-sample
+    fields repeating the batch's one value (iterations, residual norm, converged).
+    """
+    batch, dim = rhs.shape
+
+    def flat_operator(u: torch.Tensor) -> torch.Tensor:
+        return operator(u.view(batch, dim)).reshape(1, batch * dim)
+
+    g, residual, iterations, converged, products = batched_gmres(
+        flat_operator, rhs.reshape(1, batch * dim), None, rtol=rtol, atol=atol, max_iter=max_iter,
+        restart=restart, check_every=check_every, tolerance="sum")
+    return (g.view(batch, dim), residual.expand(batch), iterations.expand(batch), converged.expand(batch),
+            products)

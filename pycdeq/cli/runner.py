@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 
 from ..data import DatasetFormatError, load_dataset
 from ..models import build_model, make_config
+from ..models.paper_protocol import protocol_options
 from ..training import FolderLock, FolderLockedError, Trainer, atomic_write_text, check_device, load_checkpoint
 from ..training.checkpoint import check_identity, run_identity
 from ..training.distributed import DistributedContext, decided_by_main, main_process_first, shard_size
@@ -123,7 +124,7 @@ class ExperimentRunner:
 
     def _model_kwargs(self, variant: str, data) -> dict:
         e = self.experiment
-        options = dict(e.model_options)
+        options = {**protocol_options(e.protocol, e.model, variant, continuous=e.continuous), **dict(e.model_options)}
         if e.train.lambda_jac > 0 and variant != "node":
             from ..layers.regularizers import JacobianRegularization
 

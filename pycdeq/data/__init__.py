@@ -6,6 +6,8 @@
   stratified 80/20 split; option ``test_fraction``.
 * ``"mnist"``, ``"fashion-mnist"``: the standard IDX files (gzipped or not) in ``data_dir``;
   Fashion-MNIST defaults to Debian's ``dataset-fashion-mnist`` folder.
+* ``"fashion-mnist-32"``: Fashion-MNIST padded to 32x32 with 3 channels, for the CIFAR-shaped
+  models (:mod:`.fashion_mnist_32`); same files and folders as ``"fashion-mnist"``.
 * ``"cifar10"``: the python-pickle batches in ``data_dir`` (or ``data_dir/cifar-10-batches-py``).
 * ``"synthetic"``: prototype-plus-noise images; options ``shape``, ``num_classes``, ``n_train``,
   ``n_test``, ``noise``.
@@ -24,6 +26,7 @@ from pycdeq import _checks
 from ._dataset import DatasetFormatError, DatasetNotFoundError, DatasetSplits, Split, take
 from .cifar10 import load_cifar10
 from .digits import load_digits
+from .fashion_mnist_32 import load_fashion_mnist_32
 from .idx import load_idx_dataset, read_idx
 from .synthetic import PRESETS as SYNTHETIC_PRESETS
 from .synthetic import load_synthetic
@@ -36,6 +39,7 @@ _LOADERS = {
     "digits": (load_digits, False),
     "mnist": (functools.partial(load_idx_dataset, "mnist"), True),
     "fashion-mnist": (functools.partial(load_idx_dataset, "fashion-mnist"), True),
+    "fashion-mnist-32": (load_fashion_mnist_32, True),
     "cifar10": (load_cifar10, True),
     "synthetic": (load_synthetic, False),
 }

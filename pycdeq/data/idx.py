@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._dataset import (DatasetFormatError, DatasetSplits, Split, images_from_uint8, labels_to_tensor)
+from ._dataset import DatasetFormatError, DatasetSplits, Split, images_from_uint8, labels_to_tensor
 from ._files import download_with_torchvision, find_first, missing_error, resolve_dir
 
 # IDX element type code -> big-endian numpy dtype.

@@ -67,6 +67,7 @@ class DEQOutput(LayerOutput):
 @dataclass(frozen=True)
 class NeuralODEOutput(LayerOutput):
     """A Neural ODE's output; ``trajectory`` is the record of its integration
-    (``status`` ``CONVERGED`` means the sample reached ``t1``)."""
+    (``status`` ``CONVERGED`` means the sample reached ``t1``), ``None`` during unrolled
+    pretraining (``fixed_depth > 0``), which integrates nothing."""
 
-    trajectory: Trajectory
+    trajectory: Optional[Trajectory]

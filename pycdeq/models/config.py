@@ -125,11 +125,13 @@ class ModelConfig:
         solver: DEQ: a discrete solver or an ODE method matching ``continuous``; Neural ODE:
             the ODE method. Default: the paper's (:mod:`pycdeq.models.defaults`).
         adjoint: DEQ: ``GMRES`` / ``FixedPointAdjoint`` / ``JFB`` / ``Unrolled`` (default: the
-            paper's GMRES settings); Neural ODE: ``"backprop"`` (default) or ``"backsolve"``.
+            paper's GMRES settings); Neural ODE: ``"backprop"`` (default), ``"backsolve"``,
+            ``"interpolating"`` or a :mod:`pycdeq.solvers.ode_adjoint` option.
         output: ``"iterate"`` (the solver's state, default) or ``"f_of_iterate"`` (one more
             ``f`` application, as the paper-era code returned).
         input_gradient, on_nonconvergence, jacobian_reg: DEQ layer options (see
-            :class:`pycdeq.layers.deq.DEQ`); Neural ODE: must stay at their defaults.
+            :class:`pycdeq.layers.deq.DEQ`); Neural ODE: ``input_gradient`` applies (see
+            :class:`pycdeq.layers.neural_ode.NeuralODE`), the other two stay at their defaults.
         t1, rhs: Neural ODE options (see :class:`pycdeq.layers.neural_ode.NeuralODE`); DEQ
             variants: must stay at their defaults.
     """
@@ -210,9 +212,8 @@ class ModelConfig:
     def _check_variant_options(self) -> None:
         # The layers own their options' rules: validate by the same functions they call.
         if self.variant == "node":
-            inapplicable: Dict[str, object] = {"input_gradient": "implicit", "on_nonconvergence": "warn",
-                                               "jacobian_reg": None}
-            check_node_options(t1=self.t1, rhs=self.rhs, adjoint=self.adjoint)
+            inapplicable: Dict[str, object] = {"on_nonconvergence": "warn", "jacobian_reg": None}
+            check_node_options(t1=self.t1, rhs=self.rhs, adjoint=self.adjoint, input_gradient=self.input_gradient)
         else:
             inapplicable = {"t1": 1.0, "rhs": "f_minus_z"}
             check_layer_options(adjoint=self.adjoint, jacobian_reg=self.jacobian_reg,
@@ -270,7 +271,7 @@ class ModelConfig:
     def layer_options(self) -> dict:
         """Keyword arguments for the equilibrium layer (DEQ family or NeuralODE)."""
         if self.variant == "node":
-            return {"t1": self.t1, "rhs": self.rhs, "adjoint": self.adjoint,
+            return {"t1": self.t1, "rhs": self.rhs, "adjoint": self.adjoint, "input_gradient": self.input_gradient,
                     "output": "state" if self.output == "iterate" else "f_of_state"}
         return {"adjoint": self.adjoint, "output": self.output, "input_gradient": self.input_gradient,
                 "on_nonconvergence": self.on_nonconvergence, "jacobian_reg": self.jacobian_reg}

@@ -61,6 +61,7 @@ class DiscreteSolver(Solver):
         if not isinstance(self.compact, bool):
             raise TypeError(f"compact must be a bool, got {type(self.compact).__name__}")
         cuda_graph.check_options(self.graph_block, self.compact)
+        self.termination.check_compact(self.compact)
 
     # --- the three methods a solver implements -------------------------------------------
     @abstractmethod

@@ -11,6 +11,9 @@ Gradients:
   with the step sizes held fixed; memory grows with the number of steps.
 * ``adjoint="backsolve"``: the continuous adjoint (optimise-then-discretise, as
   ``torchdiffeq.odeint_adjoint``), memory independent of the steps, in :mod:`._backsolve`.
+* ``adjoint="interpolating"``: the continuous adjoint reading ``z(t)`` from the forward
+  pass's dense output (SciMLSensitivity's ``InterpolatingAdjoint``). Options of both
+  (``seminorm``) in :mod:`.ode_adjoint`.
 
 Status per sample: ``CONVERGED`` means "reached ``t1``"; ``MAX_ITERS`` the step budget ran
 out; ``DT_MIN`` the step size underflowed or became non-finite (the usual end of a blow-up
@@ -30,7 +33,9 @@ import torch
 from .. import _checks
 from . import adaptive
 from .controller import initial_step
+from .dense_output import DenseOutput
 from .ode import ODEMethod
+from .ode_adjoint import resolve_adjoint
 from .packing import StatePacker
 from .solution import State, Status
 
@@ -54,7 +59,7 @@ class Trajectory:
 
     @property
     def reached_t1(self) -> torch.Tensor:
-        return self.status == Status.CONVERGED
+        return self.status == int(Status.CONVERGED)
 
 
 @dataclass
@@ -115,9 +120,10 @@ class Integration(adaptive.Goal):
         self.target_index = torch.zeros(batch, dtype=torch.long, device=device)
         self.status = torch.full((batch,), Status.RUNNING, dtype=torch.int8, device=device)
         self._target = None
+        self.dense: Optional[DenseOutput] = None  # records every step when set (integrate_flat)
 
     def running(self) -> torch.Tensor:
-        return self.status == Status.RUNNING
+        return self.status == int(Status.RUNNING)  # a plain int: IntEnum members compare wrongly under torch.compile
 
     def step_size(self, t, dt):
         self._target = self.targets[self.target_index]
@@ -150,18 +156,22 @@ class Integration(adaptive.Goal):
         done = hit & (self.target_index == self.last_target)
         self.status = torch.where(done, torch.full_like(self.status, Status.CONVERGED), self.status)
         self.target_index = torch.where(hit & ~done, self.target_index + 1, self.target_index)
+        if self.dense is not None:  # the interpolating adjoint reads z(t) from the accepted steps
+            self.dense.record(t, y, k)
 
     def stop(self, mask: torch.Tensor) -> None:
         self.status = torch.where(mask, torch.full_like(self.status, Status.DT_MIN), self.status)
 
 
 def integrate_flat(method, rhs: Callable, y0: torch.Tensor, t0: float, t1: float,
-                   t_eval: Optional[torch.Tensor] = None, error_columns: Optional[int] = None) -> _Run:
+                   t_eval: Optional[torch.Tensor] = None, error_columns: Optional[int] = None,
+                   dense: Optional[DenseOutput] = None) -> _Run:
     """Integrate the flat field ``rhs(t, y)`` (``t`` per sample, ``y``'s dtype) from ``t0`` to ``t1``.
 
     Runs under whatever autograd mode the caller chose. ``t_eval`` (float64, in ``[t0, t1]``,
     increasing) are the times to record; ``error_columns`` restricts the error norm to the
-    leading columns (the backsolve adjoint's seminorm).
+    leading columns (the continuous adjoints' seminorm); ``dense`` records every sample's
+    accepted points for the interpolating adjoint.
     """
     batch, device = y0.shape[0], y0.device
     tdtype = adaptive.time_dtype(device)
@@ -172,6 +182,8 @@ def integrate_flat(method, rhs: Callable, y0: torch.Tensor, t0: float, t1: float
     t = torch.full((batch,), float(t0), dtype=tdtype, device=device)
     k = rhs(t.to(y0.dtype), y0)
     nfe = 1
+    if dense is not None:
+        dense.record(t, y0, k)
     if method.initial_dt is None:
         dt, evaluations = initial_step(rhs, t.to(y0.dtype), y0, k, rtol=tolerances.rtol, atol=tolerances.atol,
                                        error_order=method.error_order, time_dtype=tdtype,
@@ -180,6 +192,7 @@ def integrate_flat(method, rhs: Callable, y0: torch.Tensor, t0: float, t1: float
     else:
         dt = torch.full((batch,), float(method.initial_dt), dtype=tdtype, device=device)
     dt = torch.clamp(dt, max=t1 - t0)
+    goal.dense = dense
     loop = adaptive.run(goal, method.stepper(), method.controller, tolerances, method.error_order, rhs, y0, k,
                         t, dt, max_steps=method.max_steps, interval=method.termination.check_interval(device))
     status = torch.where(goal.running(), torch.full_like(goal.status, Status.MAX_ITERS), goal.status)
@@ -199,7 +212,7 @@ def _time(name: str, value) -> float:
 
 
 def integrate(rhs: Callable[[torch.Tensor, State], State], z0: State, t1: float, method, *,
-              t0: float = 0.0, t_eval=None, adjoint: str = "backprop",
+              t0: float = 0.0, t_eval=None, adjoint="backprop",
               params: Optional[Sequence[torch.Tensor]] = None) -> Trajectory:
     """Integrate ``dz/dt = rhs(t, z)`` from ``z(t0) = z0`` to ``t1``, per sample.
 
@@ -209,11 +222,13 @@ def integrate(rhs: Callable[[torch.Tensor, State], State], z0: State, t1: float,
     ``termination`` is not used here). ``t_eval``: increasing times in ``[t0, t1]`` at which
     to also return the state (``Trajectory.ys``, stacked on a new leading dimension).
 
-    ``adjoint="backprop"`` differentiates through the steps. ``adjoint="backsolve"``
-    integrates the continuous adjoint backwards; it must be told every tensor ``rhs``
-    depends on that needs a gradient (module parameters, and a captured input such as an
-    injection ``x``) in ``params``: tensors captured by ``rhs`` but not listed get no
-    gradient. ``params`` is not needed with ``"backprop"``.
+    ``adjoint="backprop"`` differentiates through the steps. A continuous adjoint
+    (``"backsolve"``, ``"interpolating"``, or a :class:`~pycdeq.solvers.ode_adjoint.BacksolveAdjoint`
+    / :class:`~pycdeq.solvers.ode_adjoint.InterpolatingAdjoint` with its options) integrates
+    the adjoint backwards; it must be told every tensor ``rhs`` depends on that needs a
+    gradient (module parameters, and a captured input such as an injection ``x``) in
+    ``params``: tensors captured by ``rhs`` but not listed get no gradient. ``params`` is not
+    needed with ``"backprop"``.
     """
     if not isinstance(method, ODEMethod):
         raise TypeError(f"method must be an ODE method (Tsit5(), Dopri5(), BS3(), Euler(), RK4()), "
@@ -223,7 +238,7 @@ def integrate(rhs: Callable[[torch.Tensor, State], State], z0: State, t1: float,
     t0, t1 = _time("t0", t0), _time("t1", t1)
     if t1 <= t0:
         raise ValueError(f"t1 must be greater than t0 (forward integration only), got t0={t0}, t1={t1}")
-    _checks.one_of("adjoint", adjoint, ("backprop", "backsolve"))
+    adjoint = resolve_adjoint(adjoint)
     packer = StatePacker(z0, "z0")
     for i, part in enumerate(z0 if packer.is_tuple else (z0,)):
         _checks.finite_tensor(f"z0[{i}]" if packer.is_tuple else "z0", part)
@@ -232,8 +247,8 @@ def integrate(rhs: Callable[[torch.Tensor, State], State], z0: State, t1: float,
         for i, p in enumerate(params):
             if not isinstance(p, torch.Tensor):
                 raise TypeError(f"params[{i}] must be a tensor, got {type(p).__name__}")
-    if adjoint == "backsolve" and params is None:
-        raise ValueError("adjoint='backsolve' needs params: the tensors rhs depends on that need "
+    if adjoint != "backprop" and params is None:
+        raise ValueError(f"adjoint={adjoint.name!r} needs params: the tensors rhs depends on that need "
                          "gradients (e.g. [*f.parameters(), x]); pass params=() if there are none")
     times = _eval_times(t_eval, t0, t1, packer.device)
 
@@ -243,9 +258,9 @@ def integrate(rhs: Callable[[torch.Tensor, State], State], z0: State, t1: float,
         return packer.pack(out)
 
     y0 = packer.pack(z0)
-    if adjoint == "backsolve":
-        from ._backsolve import backsolve
-        run, adjoint_stats = backsolve(method, flat_rhs, y0, t0, t1, times, params)
+    if adjoint != "backprop":
+        from ._backsolve import continuous_adjoint
+        run, adjoint_stats = continuous_adjoint(adjoint, method, flat_rhs, y0, t0, t1, times, params)
     else:
         run, adjoint_stats = integrate_flat(method, flat_rhs, y0, t0, t1, times), {}
     short = run.status != Status.CONVERGED

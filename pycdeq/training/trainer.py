@@ -23,6 +23,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..layers.deq import DEQ, NonConvergenceWarning
+from ..layers.neural_ode import NeuralODE
 from ..solvers.solution import Status
 from .checkpoint import check_identity, load_checkpoint, run_identity, save_checkpoint
 from .config import TrainConfig, check_device
@@ -93,7 +94,8 @@ class Trainer:
         self.step = 0
         self.epoch = 0
         self.train_time = 0.0
-        self._deq_layers = [m for m in model.modules() if isinstance(m, DEQ)]
+        # Pretraining unrolls every equilibrium layer, the Neural ODE included (as the reference does).
+        self._deq_layers = [m for m in model.modules() if isinstance(m, (DEQ, NeuralODE))]
 
     # --- configuration -----------------------------------------------------------------
     def _context(self, distributed: Optional[DistributedContext], rank: int) -> DistributedContext:

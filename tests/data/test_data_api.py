@@ -16,7 +16,7 @@ def _small(**options):
 
 
 def test_registered_names():
-    assert set(DATASETS) == {"digits", "mnist", "fashion-mnist", "cifar10", "synthetic"}
+    assert set(DATASETS) == {"digits", "mnist", "fashion-mnist", "fashion-mnist-32", "cifar10", "synthetic"}
 
 
 def test_unknown_name_is_named_with_the_choices():

@@ -66,7 +66,7 @@ def test_unknown_option_is_rejected_by_name():
 
 @pytest.mark.parametrize("variant, option", [("vanilla", {"t1": 2.0}), ("skip", {"rhs": "f"}),
                                              ("node", {"jacobian_reg": pycdeq.layers.JacobianRegularization()}),
-                                             ("node", {"input_gradient": "final_call"})])
+                                             ("node", {"on_nonconvergence": "raise"})])
 def test_options_of_another_variant_are_rejected_not_ignored(variant, option):
     (name,) = option
     with pytest.raises(ValueError, match=name):

@@ -90,7 +90,7 @@ def batched_gmres(
     rotation_t_from_pair[0, 0] = rotation_t_from_pair[0, 3] = rotation_t_from_pair[1, 2] = 1
     rotation_t_from_pair[1, 1] = -1
     identity_rotation = torch.eye(2, dtype=dtype, device=device)
-    x = torch.zeros_like(rhs) if zero_start else x0
+    x = torch.zeros_like(rhs) if x0 is None else x0
     iterations = torch.zeros(batch, dtype=torch.long, device=device)
     active = torch.ones(batch, dtype=torch.bool, device=device)
     products = 0

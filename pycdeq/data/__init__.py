@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+from typing import Any, Callable, Dict, Tuple
 
 from pycdeq import _checks
 
@@ -35,7 +36,7 @@ __all__ = ["DATASETS", "DatasetFormatError", "DatasetNotFoundError", "DatasetSpl
            "load_dataset", "read_idx", "SYNTHETIC_PRESETS"]
 
 # name -> (loader, reads files from data_dir?)
-_LOADERS = {
+_LOADERS: Dict[str, Tuple[Callable[..., Any], bool]] = {
     "digits": (load_digits, False),
     "mnist": (functools.partial(load_idx_dataset, "mnist"), True),
     "fashion-mnist": (functools.partial(load_idx_dataset, "fashion-mnist"), True),

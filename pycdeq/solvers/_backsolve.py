@@ -27,28 +27,29 @@ the method's.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 
 from .dense_output import DenseOutput
 from .integrate import integrate_flat
+from .ode_adjoint import ContinuousAdjoint
 from .solution import Status
 
 
 @dataclass
 class _Setup:
-    adjoint: object  # a BacksolveAdjoint or InterpolatingAdjoint
-    method: object
+    adjoint: ContinuousAdjoint
+    method: Any  # an ODEMethod
     rhs: Callable
     t0: float
     t1: float
     t_eval: Optional[torch.Tensor]
     params: Sequence[torch.Tensor]
-    run: object = None
+    run: Any = None  # the forward integration's record, once run
     dense: Optional[DenseOutput] = None
-    stats: dict = None
+    stats: Dict[str, Any] = field(default_factory=dict)
 
 
 class _ContinuousAdjoint(torch.autograd.Function):
@@ -98,7 +99,7 @@ def _adjoint_solve(setup: _Setup, y1: torch.Tensor, grad_y1, grad_ys):
     # Leading columns of the backward state: (y, a, g) for backsolve, (a, g) when interpolating.
     carried = 1 if dense is not None else 2
     error_columns = carried * n if setup.adjoint.seminorm else None
-    stats = {"method": setup.adjoint.name, "nfe": 0, "steps": 0, "status": Status.CONVERGED}
+    stats: Dict[str, Any] = {"method": setup.adjoint.name, "nfe": 0, "steps": 0, "status": Status.CONVERGED}
 
     def segment(t_hi: float, t_lo: float):
         nonlocal y, a, g
@@ -140,7 +141,7 @@ def _adjoint_solve(setup: _Setup, y1: torch.Tensor, grad_y1, grad_ys):
         warnings.warn(f"{setup.adjoint.name} adjoint: the backward integration stopped early "
                       f"({stats['status'].name}); the gradients are inaccurate. Raise max_steps or "
                       f"loosen rtol/atol.", RuntimeWarning, stacklevel=3)
-    grad_params = [None] * len(setup.params)
+    grad_params: List[Optional[torch.Tensor]] = [None] * len(setup.params)
     for i, chunk, p in zip(wanted, torch.split(g, sizes), diff_params):
         grad_params[i] = chunk.view_as(p).to(p.dtype)
     return a, grad_params

@@ -91,6 +91,7 @@ def read_slot(buffer: torch.Tensor, slot: int | torch.Tensor) -> torch.Tensor:
     can be read for free (an int, or CPU in eager mode), else a gathered copy."""
     index = slot if isinstance(slot, int) else host_index(slot)
     if index is None:
+        assert isinstance(slot, torch.Tensor)  # an int slot is its own index
         return buffer.index_select(1, slot)[:, 0]
     return buffer[:, index]
 

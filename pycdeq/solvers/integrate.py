@@ -260,6 +260,7 @@ def integrate(rhs: Callable[[torch.Tensor, State], State], z0: State, t1: float,
     y0 = packer.pack(z0)
     if adjoint != "backprop":
         from ._backsolve import continuous_adjoint
+        assert params is not None  # checked above: a continuous adjoint needs params
         run, adjoint_stats = continuous_adjoint(adjoint, method, flat_rhs, y0, t0, t1, times, params)
     else:
         run, adjoint_stats = integrate_flat(method, flat_rhs, y0, t0, t1, times), {}
@@ -280,5 +281,5 @@ def _stack_unpack(packer: StatePacker, ys: torch.Tensor) -> State:
     n = ys.shape[0]
     if not packer.is_tuple:
         return ys.reshape(n, packer.batch, *packer.shapes[0])
-    parts = torch.split(ys, packer.sizes, dim=2)
+    parts = torch.split(ys, list(packer.sizes), dim=2)
     return tuple(p.reshape(n, packer.batch, *s) for p, s in zip(parts, packer.shapes))

@@ -33,7 +33,7 @@ Strings: ``"backsolve"`` is ``BacksolveAdjoint()`` and ``"interpolating"`` is
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
+from typing import Dict, Union
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ class InterpolatingAdjoint:
 ContinuousAdjoint = Union[BacksolveAdjoint, InterpolatingAdjoint]
 #: The names ``integrate`` and ``NeuralODE`` accept for ``adjoint``.
 ADJOINT_NAMES = ("backprop", "backsolve", "interpolating")
-_BY_NAME = {"backsolve": BacksolveAdjoint(), "interpolating": InterpolatingAdjoint()}
+_BY_NAME: Dict[str, ContinuousAdjoint] = {"backsolve": BacksolveAdjoint(), "interpolating": InterpolatingAdjoint()}
 
 
 def resolve_adjoint(adjoint) -> Union[str, ContinuousAdjoint]:
@@ -79,4 +79,4 @@ def resolve_adjoint(adjoint) -> Union[str, ContinuousAdjoint]:
                         f"InterpolatingAdjoint; got {type(adjoint).__name__}")
     if adjoint not in ADJOINT_NAMES:
         raise ValueError(f"adjoint must be one of {', '.join(map(repr, ADJOINT_NAMES))}; got {adjoint!r}")
-    return _BY_NAME.get(adjoint, adjoint)
+    return _BY_NAME[adjoint] if adjoint in _BY_NAME else adjoint

@@ -30,7 +30,7 @@ import torch
 
 from .. import _checks
 from .discrete import DiscreteSolver
-from .history import filled, history_combine, history_dot, host_index, ring_slot, write_slot
+from .history import filled, history_buffer, history_combine, history_dot, host_index, ring_slot, write_slot
 
 
 @dataclass(frozen=True)
@@ -60,17 +60,18 @@ class Anderson(DiscreteSolver):
         border = z0.new_zeros(m + 1, m + 1, dtype=work)
         e0 = z0.new_zeros(batch, m + 1, dtype=work)
         e0[:, 0] = 1
+        count = torch.zeros(1, dtype=torch.long, device=z0.device)  # entries written so far
         state = {
             # Ring buffers of past values fn(x_i) and residuals r_i = fn(x_i) - x_i. Storing
             # fn(x_i) rather than x_i makes the beta = 1 step a single product, sum alpha_i fn(x_i);
             # x_i + beta r_i = fn(x_i) - (1 - beta) r_i. Slots not yet written hold zeros, so
             # they add nothing to products over every slot (history.py).
-            "f": z0.new_zeros(batch, m, dim, dtype=work),
-            "r": z0.new_zeros(batch, m, dim, dtype=work),
+            "f": history_buffer(z0, count, batch, m, dim, dtype=work),
+            "r": history_buffer(z0, count, batch, m, dim, dtype=work),
             "gram": z0.new_zeros(batch, m, m, dtype=work),  # r r^T, kept incrementally; zero outside written slots
             "border": border,
             "e0": e0,
-            "count": torch.zeros(1, dtype=torch.long, device=z0.device),  # entries written so far
+            "count": count,
             "positions": torch.arange(m, device=z0.device),
             "written": torch.zeros(m, dtype=torch.bool, device=z0.device),
             "dtype": z0.dtype,  # of the proposals: fn's own

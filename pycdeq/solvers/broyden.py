@@ -48,7 +48,7 @@ import torch
 
 from .. import _checks
 from .discrete import DiscreteSolver
-from .history import history_combine, history_dot, host_index, read_slot, ring_slot, write_slot
+from .history import history_buffer, history_combine, history_dot, host_index, read_slot, ring_slot, write_slot
 
 _INF = float("inf")
 
@@ -74,11 +74,12 @@ class Broyden(DiscreteSolver):
         h_g = z0 - fz0  # H_0 g = -g: the first step is a Picard step
         # The buffers never hold more pairs than there are updates.
         slots = max(1, min(self.memory, self.max_iter))
+        count = torch.zeros(1, dtype=torch.long, device=z0.device)  # pairs written so far
         return {
             # Fixed shapes (history.py): slots not yet written hold zeros, a pair (0, 0) that
-            # changes nothing in the products below.
-            "u": z0.new_zeros(batch, slots, dim),
-            "v": z0.new_zeros(batch, slots, dim),
+            # changes nothing in the products below (unless only written slots are read).
+            "u": history_buffer(z0, count, batch, slots, dim),
+            "v": history_buffer(z0, count, batch, slots, dim),
             "slots": slots,
             "z": z0,
             "fz": fz0,  # g = fz - z is formed per block of rows, never stored
@@ -86,7 +87,7 @@ class Broyden(DiscreteSolver):
             "proposal": z0 - h_g,
             "u_dz": z0.new_zeros(batch, slots),  # U^T (proposal - z)
             "fz_norm": torch.linalg.vector_norm(fz0, dim=1),  # per sample: g's rounding scale
-            "count": torch.zeros(1, dtype=torch.long, device=z0.device),  # pairs written so far
+            "count": count,
         }
 
     def propose(self, state) -> torch.Tensor:

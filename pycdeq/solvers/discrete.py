@@ -31,6 +31,7 @@ import torch
 from .. import _checks
 from . import cuda_graph
 from .base import FlatMap, Solver
+from .history import fixed_shapes
 from .solution import SolverRecord
 from .termination import Termination
 from .tracker import SampleTracker
@@ -98,10 +99,13 @@ def iterate(solver: DiscreteSolver, fn: FlatMap, z0: torch.Tensor, args: Tuple[t
     """
     if solver.graph_block:
         cuda_graph.check_inputs(z0)
-    loop = start(solver, fn, z0, args)
     if solver.graph_block:
+        # The state must be built in the form the graph replays (every slot zero-filled).
+        with fixed_shapes():
+            loop = start(solver, fn, z0, args)
         iteration, nfe = cuda_graph.run(loop, solver.max_iter, solver.graph_block)
         return record(loop, loop.z, iteration, nfe)
+    loop = start(solver, fn, z0, args)
     z, iteration, nfe = _loop(loop, iteration=0, nfe=1)
     return record(loop, z, iteration, nfe)
 

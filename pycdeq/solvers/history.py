@@ -54,6 +54,18 @@ def host_index(index: torch.Tensor) -> int | None:
     return None
 
 
+def history_buffer(like: torch.Tensor, count: torch.Tensor, *shape: int,
+                   dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A ring buffer of ``shape`` for a solve whose entry count is ``count``: zeros where the
+    products run over every slot (unwritten slots must add exact zeros), uninitialised where
+    the count is read on the host (:func:`host_index`) and only written slots are ever read,
+    which saves filling a buffer of ``slots`` states (measured: about 1 ms of a 10 ms
+    MNIST-dense Broyden solve)."""
+    if host_index(count) is None:
+        return like.new_zeros(shape, dtype=dtype)
+    return like.new_empty(shape, dtype=dtype)
+
+
 def filled(count: torch.Tensor, slots: int) -> int | None:
     """How many slots of a ring of ``slots`` that received ``count`` entries are written, as
     a host int where that read is free; ``None`` elsewhere: work on every slot."""

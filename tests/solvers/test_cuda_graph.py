@@ -18,6 +18,7 @@ from pycdeq import GMRES, Anderson, Broyden, FixedPoint, Status, Termination, Un
 from pycdeq.layers import DEQ
 from pycdeq.solvers import cuda_graph, discrete
 from pycdeq.solvers.cuda_graph import EagerCapture, LoopBuffers, plan
+from pycdeq.solvers.history import fixed_shapes
 from _cuda_sync import count_syncs  # a sibling module: pytest puts tests/solvers on sys.path
 
 SOLVERS = {"anderson": lambda **kw: Anderson(m=3, **kw), "broyden": lambda **kw: Broyden(memory=5, **kw),
@@ -97,7 +98,8 @@ def graph_solve(solver, fn, z0, capture):
     """``iterate`` with the graph loop on CPU: the eager stand-in instead of a CUDA graph, and a
     count of the host reads of the stop flag."""
     calls = []
-    loop = discrete.start(solver, lambda z: (calls.append(1), fn(z))[1], z0)
+    with fixed_shapes():  # as discrete.iterate builds it for a graph: every slot zero-filled
+        loop = discrete.start(solver, lambda z: (calls.append(1), fn(z))[1], z0)
     reads = []
     running = loop.running
     loop.running = lambda: (reads.append(1), running())[1]

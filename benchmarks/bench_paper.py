@@ -64,7 +64,7 @@ import torch.nn.functional as F
 from pycdeq.cli.experiments import EXPERIMENTS
 from pycdeq.data import DatasetNotFoundError, load_dataset
 from pycdeq.data.cifar10 import find_folder as find_cifar10
-from pycdeq.layers import DEQ, DEQOutput, NeuralODE, NeuralODEOutput, NonConvergenceWarning
+from pycdeq.layers import DEQOutput, EquilibriumLayer, NeuralODEOutput, NonConvergenceWarning
 
 from . import _harness
 from ._paper_models import (COMPETITORS, DEFAULT_COMPETITORS, TorchdiffeqNODE, TorchdiffeqOutput, build_competitor,
@@ -163,7 +163,7 @@ class Batches:
 # --- one competitor's training state ------------------------------------------------------------
 
 def _layers(model) -> list:
-    return [m for m in model.modules() if isinstance(m, (DEQ, NeuralODE, TorchdiffeqNODE))]
+    return [m for m in model.modules() if isinstance(m, (EquilibriumLayer, TorchdiffeqNODE))]
 
 
 def _backward_nfe(output) -> Optional[int]:

@@ -31,6 +31,7 @@ from ..equilibrium import solve, unroll
 from ..solvers import Solution, Solver
 from ..solvers.packing import StatePacker
 from ..solvers.solution import State
+from .base import EquilibriumLayer
 from .inputs import ShapeSpec, check_input, zero_state
 from .output import DEQOutput
 from .regularizers import JacobianRegularization, skip_loss
@@ -74,7 +75,7 @@ def _check_independent(f: nn.Module) -> None:
                              f"is a {type(module).__name__} using batch statistics; use compact=False")
 
 
-class DEQ(nn.Module):
+class DEQ(EquilibriumLayer):
     """Deep equilibrium layer: ``z* = f(z*, x)``.
 
     Args:
@@ -127,15 +128,6 @@ class DEQ(nn.Module):
     @property
     def variant(self) -> str:
         return {"zeros": "vanilla", "skip_reg": "skip_reg", "skip": "skip"}[self._init_mode]
-
-    @property
-    def fixed_depth(self) -> int:
-        return self._fixed_depth
-
-    @fixed_depth.setter
-    def fixed_depth(self, depth: int) -> None:
-        _checks.positive_int("fixed_depth", depth, allow_zero=True)
-        self._fixed_depth = depth
 
     def initial_state(self, x: torch.Tensor) -> State:
         """``z0`` for this variant (differentiable: ``g`` and ``f`` get gradient through it)."""

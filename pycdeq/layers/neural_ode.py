@@ -34,6 +34,7 @@ from .. import _checks
 from ..solvers import ODEMethod, Status, integrate
 from ..solvers.ode_adjoint import resolve_adjoint
 from ..solvers.packing import StatePacker
+from .base import EquilibriumLayer
 from .inputs import check_input, zero_state
 from .output import NeuralODEOutput
 
@@ -53,7 +54,7 @@ def check_node_options(*, t1: float = 1.0, rhs: str = "f_minus_z", adjoint="back
     _checks.one_of("input_gradient", input_gradient, INPUT_GRADIENTS)
 
 
-class NeuralODE(nn.Module):
+class NeuralODE(EquilibriumLayer):
     """Neural ODE over ``[0, t1]`` with the DEQ's ``f``; ``forward(x) -> (z, output)``
     (:class:`~pycdeq.layers.output.NeuralODEOutput`)."""
 
@@ -78,15 +79,6 @@ class NeuralODE(nn.Module):
         self.state_shape = state_shape
         self.input_gradient = input_gradient
         self.fixed_depth = fixed_depth
-
-    @property
-    def fixed_depth(self) -> int:
-        return self._fixed_depth
-
-    @fixed_depth.setter
-    def fixed_depth(self, depth: int) -> None:
-        _checks.positive_int("fixed_depth", depth, allow_zero=True)
-        self._fixed_depth = depth
 
     def forward(self, x: torch.Tensor):
         check_input(x)

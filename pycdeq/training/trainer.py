@@ -22,8 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..layers.deq import DEQ, NonConvergenceWarning
-from ..layers.neural_ode import NeuralODE
+from ..layers import EquilibriumLayer, NonConvergenceWarning
 from ..solvers.solution import Status
 from .checkpoint import check_identity, load_checkpoint, run_identity, save_checkpoint
 from .config import TrainConfig, check_device
@@ -95,7 +94,7 @@ class Trainer:
         self.epoch = 0
         self.train_time = 0.0
         # Pretraining unrolls every equilibrium layer, the Neural ODE included (as the reference does).
-        self._deq_layers = [m for m in model.modules() if isinstance(m, (DEQ, NeuralODE))]
+        self._deq_layers = [m for m in model.modules() if isinstance(m, EquilibriumLayer)]
 
     # --- configuration -----------------------------------------------------------------
     def _context(self, distributed: Optional[DistributedContext], rank: int) -> DistributedContext:

@@ -163,8 +163,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except SystemExit as stop:  # argparse: --help / --version (0) or a usage error (2)
         return stop.code if isinstance(stop.code, int) else EXIT_OK if stop.code is None else EXIT_USAGE
     if args.command == "list":
+        width = max(map(len, EXPERIMENTS))
         for name, experiment in EXPERIMENTS.items():
-            print(f"{name:15s} {experiment.description}")
+            print(f"{name:{width}s}  {experiment.description}")
         return EXIT_OK
     run_parser = args.run_parser
     try:

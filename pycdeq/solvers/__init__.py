@@ -14,10 +14,12 @@ from .discrete import DiscreteSolver
 from .fixed_point import FixedPoint
 from .integrate import Trajectory, integrate
 from .ode import BS3, RK4, VCAB3, AdaptiveMethod, Dopri5, Euler, FixedStepMethod, ODEMethod, Tsit5
+from .ode_adjoint import BacksolveAdjoint, InterpolatingAdjoint
 from .solution import Solution, SolverRecord, Status
 from .termination import Termination
 
 __all__ = ["Solver", "DiscreteSolver", "ODEMethod", "AdaptiveMethod", "FixedStepMethod",
            "Anderson", "Broyden", "FixedPoint", "Tsit5", "Dopri5", "BS3", "VCAB3", "Euler", "RK4",
            "StepSizeController", "PIController", "FixedStep",
-           "integrate", "Trajectory", "Termination", "Solution", "SolverRecord", "Status"]
+           "integrate", "Trajectory", "BacksolveAdjoint", "InterpolatingAdjoint", "Termination", "Solution",
+           "SolverRecord", "Status"]

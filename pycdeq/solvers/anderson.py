@@ -50,9 +50,7 @@ class Anderson(DiscreteSolver):
     def init(self, z0, fz0):
         batch, dim = z0.shape
         m = self.m
-        # Under float16 / bfloat16 the history, the Gram matrix and the small system are kept in
-        # float32 (as GMRES does): a Gram entry of 65536 elements of size 1 overflows float16, and
-        # the small solve has no half kernels. The proposals are cast back to fn's dtype.
+        # float32 under float16 / bfloat16 (module docstring); the proposals are cast back.
         work = torch.float32 if z0.dtype in (torch.float16, torch.bfloat16) else z0.dtype
         # The bordered matrix [[0, 1^T], [1, 0]] with a 1 only for slots already written
         # (update sets them), and the right-hand side e_0, built once; each step copies it

@@ -99,7 +99,6 @@ def iterate(solver: DiscreteSolver, fn: FlatMap, z0: torch.Tensor, args: Tuple[t
     """
     if solver.graph_block:
         cuda_graph.check_inputs(z0)
-    if solver.graph_block:
         # The state must be built in the form the graph replays (every slot zero-filled).
         with fixed_shapes():
             loop = start(solver, fn, z0, args)

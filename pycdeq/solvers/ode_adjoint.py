@@ -33,38 +33,44 @@ Strings: ``"backsolve"`` is ``BacksolveAdjoint()`` and ``"interpolating"`` is
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Union
+from typing import ClassVar, Dict, Union
 
 
 @dataclass(frozen=True)
-class BacksolveAdjoint:
+class ContinuousAdjoint:
+    """Options of a continuous adjoint (the base of :class:`BacksolveAdjoint` and
+    :class:`InterpolatingAdjoint`): ``seminorm=True`` leaves the parameter-gradient
+    accumulators out of the backward solve's error norm."""
+
+    seminorm: bool = True
+
+    name: ClassVar[str]
+    #: Whether the backward solve reads ``z(t)`` from the forward pass's dense output.
+    interpolating: ClassVar[bool]
+
+    def __post_init__(self):
+        if type(self) is ContinuousAdjoint:
+            raise TypeError("ContinuousAdjoint is a base class: use BacksolveAdjoint or InterpolatingAdjoint")
+        if not isinstance(self.seminorm, bool):
+            raise TypeError(f"seminorm must be a bool, got {type(self.seminorm).__name__}")
+
+
+@dataclass(frozen=True)
+class BacksolveAdjoint(ContinuousAdjoint):
     """Continuous adjoint that recomputes ``z(t)`` backwards from ``z(t1)`` (constant memory)."""
 
-    seminorm: bool = True
-
-    name = "backsolve"
-    interpolating = False
-
-    def __post_init__(self):
-        if not isinstance(self.seminorm, bool):
-            raise TypeError(f"seminorm must be a bool, got {type(self.seminorm).__name__}")
+    name: ClassVar[str] = "backsolve"
+    interpolating: ClassVar[bool] = False
 
 
 @dataclass(frozen=True)
-class InterpolatingAdjoint:
+class InterpolatingAdjoint(ContinuousAdjoint):
     """Continuous adjoint that reads ``z(t)`` from the forward pass's dense output."""
 
-    seminorm: bool = True
-
-    name = "interpolating"
-    interpolating = True
-
-    def __post_init__(self):
-        if not isinstance(self.seminorm, bool):
-            raise TypeError(f"seminorm must be a bool, got {type(self.seminorm).__name__}")
+    name: ClassVar[str] = "interpolating"
+    interpolating: ClassVar[bool] = True
 
 
-ContinuousAdjoint = Union[BacksolveAdjoint, InterpolatingAdjoint]
 #: The names ``integrate`` and ``NeuralODE`` accept for ``adjoint``.
 ADJOINT_NAMES = ("backprop", "backsolve", "interpolating")
 _BY_NAME: Dict[str, ContinuousAdjoint] = {"backsolve": BacksolveAdjoint(), "interpolating": InterpolatingAdjoint()}
@@ -72,7 +78,7 @@ _BY_NAME: Dict[str, ContinuousAdjoint] = {"backsolve": BacksolveAdjoint(), "inte
 
 def resolve_adjoint(adjoint) -> Union[str, ContinuousAdjoint]:
     """``"backprop"``, or the continuous adjoint that ``adjoint`` (a name or an option) stands for."""
-    if isinstance(adjoint, (BacksolveAdjoint, InterpolatingAdjoint)):
+    if isinstance(adjoint, ContinuousAdjoint):
         return adjoint
     if not isinstance(adjoint, str):
         raise TypeError(f"adjoint must be one of {', '.join(map(repr, ADJOINT_NAMES))}, a BacksolveAdjoint or an "

@@ -1,9 +1,8 @@
 """The continuous adjoints' options: the interpolating adjoint and the seminorm choice.
 
-Gradients are checked in float64 against central differences along random directions (the
-solutions' step-size noise at tolerance 1e-11 is far below what eps = 1e-5 can see) and
-against backprop through the steps; the dense output against a trajectory it must
-reproduce exactly.
+Gradients are checked in float64 against backprop through the steps (against central
+differences: tests/solvers/test_ode_gradients.py); the dense output against a trajectory it
+must reproduce exactly.
 """
 
 from __future__ import annotations
@@ -33,28 +32,6 @@ def test_hermite_dense_output_reproduces_a_cubic_on_each_samples_own_grid():
         expected = c * tau ** 3
         expected[1] = c[1] * min(tau, 0.9) ** 3  # sample 1 stopped at t = 0.9: held there
         torch.testing.assert_close(dense(torch.tensor(tau, dtype=F64))[:, 0], expected, rtol=1e-13, atol=1e-15)
-
-
-def make_problem(batch=2, dim=3, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    w = (torch.randn(dim, dim, generator=gen, dtype=F64) / dim ** 0.5).requires_grad_(True)
-    x = torch.randn(batch, dim, generator=gen, dtype=F64).requires_grad_(True)
-    z0 = (0.5 * torch.randn(batch, dim, generator=gen, dtype=F64)).requires_grad_(True)
-    return w, x, z0
-
-
-def rhs_for(w, x):
-    # Non-autonomous, so the adjoint's time bookkeeping matters.
-    return lambda t, z: torch.tanh(z @ w.T + x) * (1 + 0.3 * torch.sin(t))[:, None] - z
-
-
-def directional_differences(loss_of, inputs, directions, eps=1e-5):
-    out = []
-    for direction in directions:
-        values = [float(loss_of(*[v.detach() + sign * eps * d for v, d in zip(inputs, direction)]))
-                  for sign in (1, -1)]
-        out.append((values[0] - values[1]) / (2 * eps))
-    return torch.tensor(out, dtype=F64)
 
 
 # Gradients of every continuous adjoint against finite differences:

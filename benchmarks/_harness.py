@@ -13,12 +13,13 @@ import os
 import platform
 import statistics
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Dict, List, Sequence
 
 import torch
+
+from pycdeq.training.files import atomic_write_text
 
 # PYCDEQ_BENCH_RESULTS redirects every benchmark's files (the suite runner's --out).
 RESULTS = Path(os.environ.get("PYCDEQ_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
@@ -89,26 +90,14 @@ def markdown_table(rows: List[dict], columns: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def write_results(name: str, rows: List[dict], columns: Sequence[str], *, title: str,
                   notes: str = "", out_dir: Path | None = None) -> str:
     """Write ``<name>.json`` and ``<name>.md``; return the Markdown."""
     out_dir = Path(out_dir) if out_dir else RESULTS
     meta = machine()
-    _atomic_write(out_dir / f"{name}.json", json.dumps({"name": name, "title": title, "machine": meta, "rows": rows,
+    atomic_write_text(out_dir / f"{name}.json", json.dumps({"name": name, "title": title, "machine": meta, "rows": rows,
                                                             "notes": notes}, indent=2))
     where = ", ".join(f"{k} {v}" for k, v in meta.items())
     md = f"### {title}\n\n{markdown_table(rows, columns)}\n\n{notes}\n\n_Machine: {where}_\n"
-    _atomic_write(out_dir / f"{name}.md", md)
+    atomic_write_text(out_dir / f"{name}.md", md)
     return md

@@ -7,6 +7,8 @@ import statistics
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from pycdeq.training.files import atomic_write_text
+
 from . import _harness
 from ._paper_models import CHEAPER, COMPETITORS, PAPER_DEQ, PAPER_NODE
 
@@ -105,7 +107,7 @@ def write_all(runs, settings, out_dir: Path, complete: bool) -> None:
                            f"vs Neural ODE ({model})", notes=notes_for(rows, settings, complete), out_dir=out_dir)
     steps = {"settings": settings, "complete": complete,
              "records": {key: run.records for key, run in runs.items()}}
-    _harness._atomic_write(out_dir / f"{name}_steps.json", json.dumps(steps))
+    atomic_write_text(out_dir / f"{name}_steps.json", json.dumps(steps))
 
 
 def _running_median(values: List[float], window: int) -> List[float]:
